@@ -1,0 +1,36 @@
+/* cf_autodiff_impl.h: internal pieces shared by the files of autodiff/ (not installed). */
+#ifndef CF_AUTODIFF_IMPL_H
+#define CF_AUTODIFF_IMPL_H
+
+#include "cf_op.h"
+
+/* One block of the arena. Blocks are kept across resets, so a step that fitted once fits
+ * again without touching the system allocator. */
+typedef struct cf__block {
+    struct cf__block *next;
+    size_t size; /* usable bytes after the header */
+    size_t used;
+    /* data follows, 64-byte aligned */
+} cf__block;
+
+struct cf_ctx {
+    cf__block *first, *cur;    /* blocks in allocation order; cur is being filled */
+    size_t limit;              /* most bytes the arena may reserve; 0: no limit */
+    size_t reserved;           /* bytes reserved from the system */
+    size_t used;               /* bytes handed out since the last reset */
+    size_t peak;               /* most bytes handed out between resets */
+    cf_node **nodes;           /* the tape, in execution order (arena) */
+    int n_nodes, cap_nodes;
+    int consumed;              /* nodes [0, consumed) were consumed by a backward */
+    bool grad_enabled;
+    cf_kernels kernels;
+    cf_status status;          /* sticky: first failure of the step */
+    char error[1024];
+};
+
+/* Registers the built-in ops (defined in ops/cf_ops.c; called once by the registry). */
+void cf__register_builtins(void);
+/* cf_op_register's checks, for use while the registry initialises itself. */
+cf_status cf__op_register_builtin(const cf_op_def *def);
+
+#endif

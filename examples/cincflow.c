@@ -1,0 +1,161 @@
+/* cincflow.c: the command-line tool.
+ *
+ *   cincflow gradcheck [--op NAME] [--fast] [--seed N]
+ *       checks every registered op (or one) on each of its test cases: backward against
+ *       central differences in f64, and the fast f32 kernels against the reference ones.
+ *       One line per op, then "N passed, N failed"; exit status 1 if any failed.
+ *   cincflow ops      lists the registered ops.
+ *   cincflow version  prints the version.
+ *
+ * Exit status: 0 success, 1 a check failed, 2 bad usage.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cincflow.h"
+
+/* Largest fast-versus-reference difference accepted, relative to the largest reference value:
+ * f32 kernels against double-accumulated references on the same f32 inputs. */
+#define FAST_TOLERANCE 1e-4
+
+static int usage(FILE *f)
+{
+    fprintf(f, "usage: cincflow <command> [options]\n"
+               "commands:\n"
+               "  gradcheck [--op NAME] [--fast] [--seed N]  check every op's gradient and "
+               "fast kernels\n"
+               "  ops                                         list the registered ops\n"
+               "  version                                     print the version\n");
+    return f == stderr ? 2 : 0;
+}
+
+/* Parses a non-negative integer flag value; exits 2 with a message naming the flag. */
+static unsigned long long parse_u64(const char *flag, const char *text)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(text ? text : "", &end, 10);
+    if (!text || !*text || *end || errno || text[0] == '-') {
+        fprintf(stderr, "cincflow: %s expects a non-negative integer, got '%s'\n", flag,
+                text ? text : "");
+        exit(2);
+    }
+    return v;
+}
+
+/* Checks one op over all its cases; prints its line; returns true when it passed. */
+static bool gradcheck_one(const cf_op_def *op, const cf_gradcheck_opts *opts)
+{
+    int cases = 0, inputs = 0;
+    double max_abs = 0, max_rel = 0, fast_err = 0;
+    bool passed = true, any_fast = false;
+    char why[600] = "";
+    cf_op_case c;
+    for (int k = 0; cf_op_case_get(op, k, &c); k++) {
+        cf_tensor *in[CF_MAX_INPUTS];
+        cf_gradcheck_result res;
+        cases++;
+        if (cf_op_case_inputs(&c, CF_F64, opts->seed + (uint64_t)k, in) != CF_OK) {
+            snprintf(why, sizeof why, "%s", cf_last_error());
+            passed = false;
+            break;
+        }
+        cf_status st = cf_gradcheck_op(op, c.n_in, in, c.attrs, opts, &res);
+        for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
+        inputs += res.inputs_checked;
+        max_abs = fmax(max_abs, res.max_abs_err);
+        max_rel = fmax(max_rel, res.max_rel_err);
+        if (st != CF_OK) {
+            snprintf(why, sizeof why, "case %d (%s): %s", k, c.label ? c.label : "", res.message);
+            passed = false;
+            break;
+        }
+        if (cf_op_case_inputs(&c, CF_F32, opts->seed + (uint64_t)k, in) != CF_OK) {
+            snprintf(why, sizeof why, "%s", cf_last_error());
+            passed = false;
+            break;
+        }
+        bool has_fast = false;
+        double err = 0;
+        st = cf_opcheck_fast(op, c.n_in, in, c.attrs, &has_fast, &err);
+        for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
+        any_fast |= has_fast;
+        fast_err = fmax(fast_err, err);
+        if (st != CF_OK || !(err <= FAST_TOLERANCE)) {
+            snprintf(why, sizeof why, "case %d (%s): fast f32 kernels differ from the reference "
+                     "by %.3g (tolerance %g)%s%s", k, c.label ? c.label : "", err,
+                     FAST_TOLERANCE, st != CF_OK ? ": " : "", st != CF_OK ? cf_last_error() : "");
+            passed = false;
+            break;
+        }
+    }
+    char fast[32];
+    if (any_fast)
+        snprintf(fast, sizeof fast, "%.2e", fast_err);
+    else
+        snprintf(fast, sizeof fast, "-");
+    printf("%-16s cases %d  inputs %3d  max abs %.2e  max rel %.2e  fast/ref %-8s  %s\n",
+           op->name, cases, inputs, max_abs, max_rel, fast, passed ? "ok" : "FAILED");
+    if (!passed) printf("  %s\n", why);
+    return passed;
+}
+
+static int cmd_gradcheck(int argc, char **argv)
+{
+    const char *only = NULL;
+    cf_gradcheck_opts opts = {.seed = 1};
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--op") == 0 && i + 1 < argc) {
+            only = argv[++i];
+        } else if (strcmp(argv[i], "--fast") == 0) {
+            opts.fast = true;
+        } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
+            opts.seed = parse_u64("--seed", argv[++i]);
+        } else {
+            fprintf(stderr, "cincflow gradcheck: unknown or incomplete flag '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    int passed = 0, failed = 0;
+    if (only) {
+        const cf_op_def *op = cf_op_find(only);
+        if (!op) {
+            fprintf(stderr, "cincflow gradcheck: --op: no op named '%s' (see 'cincflow ops')\n",
+                    only);
+            return 2;
+        }
+        gradcheck_one(op, &opts) ? passed++ : failed++;
+    } else {
+        for (int i = 0; i < cf_op_count(); i++) gradcheck_one(cf_op_at(i), &opts) ? passed++ : failed++;
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
+
+static int cmd_ops(void)
+{
+    for (int i = 0; i < cf_op_count(); i++) {
+        const cf_op_def *op = cf_op_at(i);
+        printf("%-16s %s\n", op->name, op->doc ? op->doc : "");
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) return usage(stderr);
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "gradcheck") == 0) return cmd_gradcheck(argc - 2, argv + 2);
+    if (strcmp(cmd, "ops") == 0) return cmd_ops();
+    if (strcmp(cmd, "version") == 0) {
+        printf("cincflow %s\n", CF_VERSION_STRING);
+        return 0;
+    }
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0)
+        return usage(stdout);
+    fprintf(stderr, "cincflow: unknown command '%s'\n", cmd);
+    return usage(stderr);
+}
