@@ -1,0 +1,240 @@
+/* test_ops.c: every registered built-in op against finite differences (f64) and its fast f32
+ * kernels against its reference kernels, on each of the op's test cases; then values of
+ * individual ops against closed forms, and their shape errors.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cincflow.h"
+
+/* Fast f32 kernels against double-accumulated references: relative to the largest value. */
+#define FAST_TOLERANCE 1e-5
+
+/* Loop test: index over the built-in ops (registration order). */
+START_TEST(test_every_op_gradcheck)
+{
+    const cf_op_def *op = cf_op_at(_i);
+    ck_assert_ptr_nonnull(op);
+    cf_op_case c;
+    int cases = 0;
+    for (int k = 0; cf_op_case_get(op, k, &c); k++, cases++) {
+        cf_tensor *in[CF_MAX_INPUTS];
+        ck_assert_int_eq(cf_op_case_inputs(&c, CF_F64, 100 + (uint64_t)k, in), CF_OK);
+        cf_gradcheck_result res;
+        cf_status st = cf_gradcheck_op(op, c.n_in, in, c.attrs, NULL, &res);
+        ck_assert_msg(st == CF_OK, "op '%s' case %d (%s): %s", op->name, k, c.label, res.message);
+        ck_assert_int_gt(res.values_checked, 0);
+        for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
+    }
+    ck_assert_int_gt(cases, 0);
+}
+END_TEST
+
+START_TEST(test_every_op_fast_matches_reference)
+{
+    const cf_op_def *op = cf_op_at(_i);
+    cf_op_case c;
+    for (int k = 0; cf_op_case_get(op, k, &c); k++) {
+        cf_tensor *in[CF_MAX_INPUTS];
+        ck_assert_int_eq(cf_op_case_inputs(&c, CF_F32, 200 + (uint64_t)k, in), CF_OK);
+        bool has_fast;
+        double err;
+        ck_assert_int_eq(cf_opcheck_fast(op, c.n_in, in, c.attrs, &has_fast, &err), CF_OK);
+        ck_assert_msg(err <= FAST_TOLERANCE, "op '%s' case %d (%s): fast differs by %g",
+                      op->name, k, c.label, err);
+        for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
+    }
+}
+END_TEST
+
+/* Larger inputs take the OpenMP paths of the fast kernels. */
+START_TEST(test_fast_kernels_on_large_inputs)
+{
+    const char *names[] = {"add", "mul", "div", "exp", "sigmoid", "softplus", "sum", "mean",
+                           "gaussian_logp"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        const cf_op_def *op = cf_op_find(names[k]);
+        cf_op_case c;
+        ck_assert(cf_op_case_get(op, 0, &c));
+        for (int i = 0; i < c.n_in; i++) {
+            c.ndim[i] = 4;
+            c.shape[i][0] = 4, c.shape[i][1] = 32, c.shape[i][2] = 32, c.shape[i][3] = 16;
+        }
+        cf_tensor *in[CF_MAX_INPUTS];
+        ck_assert_int_eq(cf_op_case_inputs(&c, CF_F32, 7, in), CF_OK);
+        bool has_fast;
+        double err;
+        ck_assert_int_eq(cf_opcheck_fast(op, c.n_in, in, c.attrs, &has_fast, &err), CF_OK);
+        ck_assert(has_fast);
+        ck_assert_msg(err <= FAST_TOLERANCE, "op '%s': fast differs by %g", op->name, err);
+        for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
+    }
+}
+END_TEST
+
+/* ---- values ---------------------------------------------------------------------------- */
+
+static cf_tensor *vals(cf_ctx *ctx, cf_dtype dt, int ndim, const int64_t *shape, const double *v)
+{
+    cf_tensor *t = cf_tensor_new(ctx, dt, ndim, shape);
+    for (int64_t i = 0; i < t->numel; i++) cf_tensor_set(t, i, v[i]);
+    return t;
+}
+
+START_TEST(test_per_channel_bias_values)
+{
+    for (int dt = 0; dt < CF_DTYPE_COUNT; dt++) {
+        cf_ctx *ctx = cf_ctx_new(0);
+        cf_tensor *x = cf_tensor_new_v(ctx, dt, 2, 2, 2, 3);
+        for (int64_t i = 0; i < x->numel; i++) cf_tensor_set(x, i, (double)i);
+        cf_tensor *b = vals(ctx, dt, 1, (int64_t[]){3}, (double[]){10, 20, 30});
+        cf_tensor_requires_grad(ctx, b);
+        cf_tensor *y = cf_add(ctx, x, b);
+        ck_assert_int_eq(y->ndim, 4);
+        for (int64_t i = 0; i < y->numel; i++)
+            ck_assert(cf_tensor_get(y, i) == (double)i + 10.0 * (double)(i % 3 + 1));
+        ck_assert_int_eq(cf_backward(ctx, cf_sum_all(ctx, y)), CF_OK);
+        for (int c = 0; c < 3; c++) ck_assert(cf_buf_get(dt, b->grad, c) == 8.0);
+        cf_ctx_free(ctx);
+    }
+}
+END_TEST
+
+START_TEST(test_stable_log_sigmoid_softplus)
+{
+    cf_ctx *ctx = cf_ctx_new(0);
+    for (int dt = 0; dt < CF_DTYPE_COUNT; dt++) {
+        cf_tensor *x = vals(ctx, dt, 1, (int64_t[]){4}, (double[]){-200, -30, 30, 200});
+        cf_tensor *ls = cf_log_sigmoid(ctx, x), *sp = cf_softplus(ctx, x);
+        ck_assert_double_eq_tol(cf_tensor_get(ls, 0), -200, 1e-4);
+        ck_assert_double_eq_tol(cf_tensor_get(ls, 3), 0, 1e-6);
+        ck_assert_double_eq_tol(cf_tensor_get(sp, 0), 0, 1e-6);
+        ck_assert_double_eq_tol(cf_tensor_get(sp, 3), 200, 1e-4);
+        ck_assert_double_eq_tol(cf_tensor_get(sp, 2), 30, 1e-4);
+        for (int i = 0; i < 4; i++) ck_assert(isfinite(cf_tensor_get(ls, i)));
+    }
+    cf_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_reductions)
+{
+    cf_ctx *ctx = cf_ctx_new(0);
+    cf_tensor *x = cf_tensor_new_v(ctx, CF_F32, 2, 3, 4);
+    for (int64_t i = 0; i < 24; i++) cf_tensor_set(x, i, (double)i);
+    cf_tensor *s = cf_sum(ctx, x), *m = cf_mean(ctx, x), *sa = cf_sum_all(ctx, x),
+              *ma = cf_mean_all(ctx, x);
+    ck_assert_int_eq(s->ndim, 1);
+    ck_assert_int_eq(s->shape[0], 2);
+    ck_assert(cf_tensor_get(s, 0) == 66 && cf_tensor_get(s, 1) == 210);
+    ck_assert(cf_tensor_get(m, 0) == 5.5 && cf_tensor_get(m, 1) == 17.5);
+    ck_assert_int_eq(sa->ndim, 0);
+    ck_assert(cf_tensor_get(sa, 0) == 276 && cf_tensor_get(ma, 0) == 11.5);
+    cf_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_concat_split_reshape)
+{
+    cf_ctx *ctx = cf_ctx_new(0);
+    cf_tensor *x = cf_tensor_new_v(ctx, CF_F64, 2, 2, 2, 5);
+    for (int64_t i = 0; i < x->numel; i++) cf_tensor_set(x, i, (double)i);
+    cf_tensor_requires_grad(ctx, x);
+    cf_tensor *parts[3];
+    ck_assert_int_eq(cf_split(ctx, x, 3, (int64_t[]){1, 3, 1}, parts), CF_OK);
+    ck_assert_int_eq(parts[1]->shape[3], 3);
+    ck_assert(cf_tensor_get(parts[1], 0) == 1 && cf_tensor_get(parts[2], 1) == 9);
+    cf_tensor *back = cf_concat(ctx, 3, parts);
+    for (int64_t i = 0; i < x->numel; i++) ck_assert(cf_tensor_get(back, i) == (double)i);
+    cf_tensor *flat = cf_reshape(ctx, back, 2, (int64_t[]){2, -1});
+    ck_assert_int_eq(flat->shape[1], 20);
+    ck_assert_ptr_eq(flat->data, back->data);
+    /* Only the middle part reaches the loss: x's gradient is 1 on channels 1..3. */
+    cf_tensor *loss = cf_sum_all(ctx, parts[1]);
+    ck_assert_int_eq(cf_backward(ctx, loss), CF_OK);
+    for (int64_t i = 0; i < x->numel; i++)
+        ck_assert(cf_buf_get(CF_F64, x->grad, i) == ((i % 5 >= 1 && i % 5 <= 3) ? 1.0 : 0.0));
+    cf_ctx_reset(ctx);
+
+    x = cf_tensor_new_v(ctx, CF_F64, 2, 4);
+    ck_assert_int_eq(cf_split(ctx, x, 2, (int64_t[]){1, 2}, parts), CF_ERR_SHAPE);
+    ck_assert_ptr_nonnull(strstr(cf_ctx_error(ctx), "add up to 3 channels"));
+    cf_ctx_reset(ctx);
+    x = cf_tensor_new_v(ctx, CF_F64, 2, 4);
+    ck_assert_ptr_null(cf_reshape(ctx, x, 2, (int64_t[]){3, -1}));
+    ck_assert_int_eq(cf_ctx_status(ctx), CF_ERR_SHAPE);
+    cf_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_matmul_values)
+{
+    for (int dt = 0; dt < CF_DTYPE_COUNT; dt++) {
+        cf_ctx *ctx = cf_ctx_new(0);
+        cf_tensor *a = vals(ctx, dt, 2, (int64_t[]){2, 3}, (double[]){1, 2, 3, 4, 5, 6});
+        cf_tensor *b = vals(ctx, dt, 2, (int64_t[]){3, 2}, (double[]){7, 8, 9, 10, 11, 12});
+        cf_tensor *c = cf_matmul(ctx, a, b);
+        double expect[] = {58, 64, 139, 154};
+        for (int i = 0; i < 4; i++) ck_assert(cf_tensor_get(c, i) == expect[i]);
+        ck_assert_ptr_null(cf_matmul(ctx, a, a));
+        ck_assert_ptr_nonnull(strstr(cf_ctx_error(ctx), "op 'matmul'"));
+        cf_ctx_free(ctx);
+    }
+}
+END_TEST
+
+START_TEST(test_gaussian_logp_values)
+{
+    cf_ctx *ctx = cf_ctx_new(0);
+    for (int dt = 0; dt < CF_DTYPE_COUNT; dt++) {
+        cf_tensor *x = vals(ctx, dt, 2, (int64_t[]){2, 2}, (double[]){0, 1, -1, 2});
+        cf_tensor *m = vals(ctx, dt, 2, (int64_t[]){1, 2}, (double[]){0.5, -0.5});
+        cf_tensor *ls = vals(ctx, dt, 2, (int64_t[]){1, 2}, (double[]){0.2, -0.3});
+        cf_tensor *std = cf_gaussian_logp_std(ctx, x), *gen = cf_gaussian_logp(ctx, x, m, ls);
+        double c = 0.5 * log(2 * M_PI);
+        ck_assert_double_eq_tol(cf_tensor_get(std, 0), -2 * c - 0.5, 1e-6);
+        ck_assert_double_eq_tol(cf_tensor_get(std, 1), -2 * c - 2.5, 1e-6);
+        for (int b = 0; b < 2; b++) {
+            double e = 0;
+            for (int i = 0; i < 2; i++) {
+                double xv = cf_tensor_get(x, 2 * b + i), mv = cf_tensor_get(m, i),
+                       lv = cf_tensor_get(ls, i);
+                e += -c - lv - 0.5 * pow((xv - mv) / exp(lv), 2);
+            }
+            ck_assert_double_eq_tol(cf_tensor_get(gen, b), e, 1e-6);
+        }
+    }
+    cf_ctx_free(ctx);
+}
+END_TEST
+
+static Suite *ops_suite(void)
+{
+    Suite *s = suite_create("ops");
+    TCase *all = tcase_create("every op");
+    tcase_set_timeout(all, 120);
+    tcase_add_loop_test(all, test_every_op_gradcheck, 0, CF_OP_BUILTIN_COUNT);
+    tcase_add_loop_test(all, test_every_op_fast_matches_reference, 0, CF_OP_BUILTIN_COUNT);
+    tcase_add_test(all, test_fast_kernels_on_large_inputs);
+    suite_add_tcase(s, all);
+    TCase *v = tcase_create("values");
+    tcase_add_test(v, test_per_channel_bias_values);
+    tcase_add_test(v, test_stable_log_sigmoid_softplus);
+    tcase_add_test(v, test_reductions);
+    tcase_add_test(v, test_concat_split_reshape);
+    tcase_add_test(v, test_matmul_values);
+    tcase_add_test(v, test_gaussian_logp_values);
+    suite_add_tcase(s, v);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(ops_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
