@@ -21,6 +21,8 @@ install(FILES ${CMAKE_CURRENT_BINARY_DIR}/cincflowConfig.cmake
               ${CMAKE_CURRENT_BINARY_DIR}/cincflowConfigVersion.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/cincflow)
 
+# Relocatable: the prefix is found from the .pc file's own folder.
+file(RELATIVE_PATH CF_PC_TO_PREFIX "${CMAKE_INSTALL_FULL_LIBDIR}/pkgconfig" "${CMAKE_INSTALL_PREFIX}")
 configure_file(${CMAKE_CURRENT_LIST_DIR}/cincflow.pc.in ${CMAKE_CURRENT_BINARY_DIR}/cincflow.pc
                @ONLY)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/cincflow.pc
