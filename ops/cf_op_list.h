@@ -23,7 +23,10 @@
     X(SPLIT, split) \
     X(RESHAPE, reshape) \
     X(MATMUL, matmul) \
-    X(GAUSSIAN_LOGP, gaussian_logp)
+    X(GAUSSIAN_LOGP, gaussian_logp) \
+    X(ACTNORM, actnorm) \
+    X(AFFINE_COUPLING, affine_coupling) \
+    X(QUAD_COUPLING, quad_coupling)
 
 /* Enum of built-in ops: CF_OP_ADD, CF_OP_SUB, ... with CF_OP_BUILTIN_COUNT last. */
 #define CF__OP_ENUM(upper, name) CF_OP_##upper,

@@ -78,6 +78,27 @@ cf_tensor *cf_matmul(cf_ctx *ctx, cf_tensor *a, cf_tensor *b);
 cf_tensor *cf_gaussian_logp_std(cf_ctx *ctx, cf_tensor *x);
 cf_tensor *cf_gaussian_logp(cf_ctx *ctx, cf_tensor *x, cf_tensor *mean, cf_tensor *logs);
 
+/* ---- flow transforms ----------------------------------------------------------------- */
+/* Glow's actnorm: (x + bias) * exp(logs), bias and logs of shape (C) for x (..., C). */
+cf_tensor *cf_actnorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tensor *logs);
+
+/* Coupling transforms (ops/coupling.c). x (B, H, W, C) is cut along channels into blocks; the
+ * network output h_k (B, H, W, 2 c_k) transforms block k (the last blocks, in order; the first
+ * block, of the remaining channels, passes through):
+ *   t = h_k[..., 0::2], l = h_k[..., 1::2], y_k = (x_k + t) * sigmoid(l + 2)
+ * and *logdet (B) is the per-image sum of log sigmoid(l + 2). Affine: one network output (the
+ * last C - C/2 channels); quad: three (the last three quarters). *y and *logdet are arena
+ * tensors, NULL on failure. */
+cf_status cf_affine_coupling(cf_ctx *ctx, cf_tensor *x, cf_tensor *h, cf_tensor **y,
+                             cf_tensor **logdet);
+cf_status cf_quad_coupling(cf_ctx *ctx, cf_tensor *x, cf_tensor *h1, cf_tensor *h2,
+                           cf_tensor *h3, cf_tensor **y, cf_tensor **logdet);
+/* Inverts one block in place of x, off the tape: x_k = y_k / sigmoid(l + 2) - t, for the
+ * block of h's width starting at channel `offset`; other channels of x are left as they are.
+ * x and y have the same shape and dtype (x may be y). */
+void cf_coupling_inverse_block(cf_tensor *x, const cf_tensor *y, const cf_tensor *h,
+                               int64_t offset);
+
 /* The definition behind each built-in, for gradcheck and cf_op_apply. */
 #define CF__OP_DECL(upper, name) extern const cf_op_def cf__op_##name;
 #include "cf_op_list.h"
