@@ -4,6 +4,7 @@
  * block and keeps every block, so once a step has run, the same step runs without malloc.
  * It does not free individual allocations and is not thread-safe (one context per thread).
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,8 +159,19 @@ void cf_tensor_free(cf_tensor *t)
 
 /* ---- context and arena -------------------------------------------------------------- */
 
+/* OpenBLAS keeps a thread pool of its own; its threads would fight OpenMP's over the same
+ * cores. Kernels parallelise with OpenMP, so BLAS runs single-threaded (DESIGN: "BLAS
+ * single-threaded inside parallel regions"). Declared here to keep cblas.h out of autodiff. */
+void openblas_set_num_threads(int num_threads);
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static void blas_single_threaded(void)
+{
+    openblas_set_num_threads(1);
+}
+
 cf_ctx *cf_ctx_new(size_t arena_limit)
 {
+    pthread_once(&blas_once, blas_single_threaded);
     cf_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) {
         cf_set_error(CF_ERR_NOMEM, "cf_ctx_new: out of memory");

@@ -9,10 +9,15 @@
  * Update at step t (1-based), with g the (clipped) gradient and lr_t the scheduled rate:
  *   Adam:   g += weight_decay * p (L2); m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
  *           p -= lr_t * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
- *   AdamW:  as Adam without the L2 term, then p -= lr_t * weight_decay * p (decoupled)
- *   Adamax: u = max(b2 u, |g|); p -= lr_t / (1 - b1^t) * m / (u + eps)
+ *   AdamW:  as Adam without the L2 term, and p -= lr_t * weight_decay * p with p taken before
+ *           the update (decoupled)
+ *   Adamax: g += weight_decay * p (L2); m as Adam; u = max(b2 u, |g| + eps);
+ *           p -= lr_t / (1 - b1^t) * m / u
  * (PyTorch's torch.optim.Adam/AdamW/Adamax with the same hyper-parameters give the same
- * sequence.) Warmup: lr_t = lr * min(1, t / warmup_steps).
+ * sequence; note Adamax adds eps inside the max, as PyTorch does, so u is at least eps.)
+ * Warmup: lr_t = lr * min(1, t / warmup_steps). Clipping, before all of this, is
+ * torch.nn.utils.clip_grad_norm_'s: when the norm exceeds clip_norm, the gradient buffer is
+ * scaled in place by clip_norm / (norm + 1e-6).
  */
 #ifndef CF_OPTIM_H
 #define CF_OPTIM_H
@@ -44,7 +49,7 @@ typedef struct cf_adam cf_adam;
 /* What one step did. */
 typedef struct cf_step_info {
     double grad_norm; /* global L2 norm of the gradient before clipping (inf/NaN if not finite) */
-    double lr;        /* learning rate applied */
+    double lr;        /* learning rate applied (0 when skipped) */
     bool clipped;     /* the gradient was scaled down to clip_norm */
     bool skipped;     /* a gradient was not finite: nothing changed, the skip was counted */
 } cf_step_info;
@@ -69,7 +74,8 @@ int64_t cf_adam_skipped_count(const cf_adam *opt);
 /* The learning rate the schedule gives at update t (1-based). */
 double cf_adam_lr_at(const cf_adam *opt, int64_t t);
 
-/* The moment buffers (borrowed), laid out like cf_params_data(): m, and v (u for Adamax). */
+/* The moment buffers (borrowed), laid out like cf_params_data(): m, and v (u for Adamax).
+ * Their alignment gaps stay zero, except Adamax's u, which holds eps there once updated. */
 void *cf_adam_m(cf_adam *opt);
 void *cf_adam_v(cf_adam *opt);
 /* Restores counters after loading moments from a checkpoint. */
