@@ -24,9 +24,14 @@ struct cf_ctx {
     int consumed;              /* nodes [0, consumed) were consumed by a backward */
     bool grad_enabled;
     cf_kernels kernels;
+    bool poison;               /* op outputs start as NaN (CF_POISON_OUTPUTS=1; tests) */
     cf_status status;          /* sticky: first failure of the step */
     char error[1024];
 };
+
+/* An arena tensor whose data is not initialised (NaN-filled in poison mode): op outputs,
+ * which their kernels overwrite entirely. */
+cf_tensor *cf__tensor_new_uninit(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape);
 
 /* Registers the built-in ops (defined in ops/cf_ops.c; called once by the registry). */
 void cf__register_builtins(void);

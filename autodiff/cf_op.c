@@ -205,7 +205,10 @@ cf_status cf_op_apply(cf_ctx *ctx, const cf_op_def *op, int n_in, cf_tensor *con
     node->recording = recording;
     for (int i = 0; i < n_in; i++) node->in[i] = in[i];
     for (int i = 0; i < n_out; i++) {
-        node->out[i] = cf_tensor_new(ctx, shapes[i].dtype, shapes[i].ndim, shapes[i].shape);
+        node->out[i] = op->zeroed_outputs
+                           ? cf_tensor_new(ctx, shapes[i].dtype, shapes[i].ndim, shapes[i].shape)
+                           : cf__tensor_new_uninit(ctx, shapes[i].dtype, shapes[i].ndim,
+                                                   shapes[i].shape);
         if (!node->out[i]) return ctx->status;
     }
 

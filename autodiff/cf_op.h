@@ -6,7 +6,9 @@
  * user's op is, through cf_op_register(); cf_op_find() looks one up by name.
  *
  * Applying an op (cf_op_apply) checks the inputs, infers the output shapes, allocates the
- * outputs in the context's arena, runs the forward kernel and, when grad recording is on and
+ * outputs in the context's arena (not initialised unless the op asks for zeros: the forward kernel must write every
+ * element; with CF_POISON_OUTPUTS=1 in the environment they start as NaN, which the tests use
+ * to catch a kernel that does not), runs the forward kernel and, when grad recording is on and
  * some input requires a gradient, appends one node to the tape. Kernels see that node
  * (cf_node): inputs, outputs, attributes, buffers saved for backward.
  *
@@ -93,6 +95,8 @@ struct cf_op_def {
     cf_kernel_fn backward;     /* required unless every input is in no_grad_inputs */
     cf_kernel_pair fast[CF_DTYPE_COUNT]; /* optional fast kernels, by dtype */
     unsigned no_grad_inputs;   /* bit i: input i takes no gradient (indices, masks) */
+    bool zeroed_outputs;       /* outputs start as zeros (kernels that accumulate into them);
+                                * otherwise they start uninitialised */
     /* Optional: fills test case `index` for gradcheck; returns false past the last case.
      * Without it, gradcheck draws every input of one (2, 3, 4, 5) shape from [-2, 2]. */
     bool (*make_case)(int index, cf_op_case *c);

@@ -4,6 +4,7 @@
  * block and keeps every block, so once a step has run, the same step runs without malloc.
  * It does not free individual allocations and is not thread-safe (one context per thread).
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -179,6 +180,8 @@ cf_ctx *cf_ctx_new(size_t arena_limit)
     }
     ctx->limit = arena_limit;
     ctx->grad_enabled = true;
+    const char *poison = getenv("CF_POISON_OUTPUTS");
+    ctx->poison = poison && poison[0] == '1';
     ctx->kernels = CF_KERNELS_FAST;
     return ctx;
 }
@@ -326,6 +329,26 @@ void *cf_ctx_alloc(cf_ctx *ctx, size_t bytes, const char *what)
     ctx->used += need;
     if (ctx->used > ctx->peak) ctx->peak = ctx->used;
     return p;
+}
+
+cf_tensor *cf__tensor_new_uninit(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape)
+{
+    if (ctx->status != CF_OK) return NULL;
+    cf_tensor tmp = {0};
+    char err[128];
+    if (!set_shape(&tmp, dtype, ndim, shape, err, sizeof err)) {
+        cf_ctx_fail(ctx, CF_ERR_ARG, "cf_tensor_new: %s", err);
+        return NULL;
+    }
+    cf_tensor *t = cf_ctx_alloc(ctx, sizeof *t, "a tensor header");
+    void *data = t ? cf_ctx_alloc(ctx, (size_t)tmp.numel * cf_dtype_size(dtype), "tensor data")
+                   : NULL;
+    if (!data) return NULL;
+    *t = tmp;
+    t->data = data;
+    if (ctx->poison) /* NaN everywhere: a kernel that leaves an element unwritten shows */
+        for (int64_t i = 0; i < t->numel; i++) cf_buf_set(dtype, data, i, NAN);
+    return t;
 }
 
 cf_tensor *cf_tensor_new(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape)

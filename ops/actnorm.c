@@ -1,15 +1,21 @@
-/* actnorm.c: Glow's activation normalisation, y = (x + bias) * exp(logs), per channel.
+/* actnorm.c: Glow's activation normalisation, y = (x + bias) * exp(logs), per channel, with
+ * an optional ReLU after it (attrs.relu: y = max((x + bias) * exp(logs), 0)), as the coupling
+ * networks use it.
  *
- * One fused node instead of add, exp and mul (two fewer activation-sized tensors on the tape).
+ * One fused node instead of add, exp, mul (and relu): three or four fewer activation-sized
+ * tensors on the tape.
  * The log-determinant, H * W * sum(logs) per image, is left to the layer (one sum over C). The
  * data-dependent initialisation (bias = -mean, logs = -log(std + 1e-6)) is the layer's too.
  *
- * Legend: P rows (every axis but the last), C channels. Gradients with g = dy:
+ * Legend: P rows (every axis but the last), C channels. Gradients with g = dy (and, with the
+ * ReLU, g = 0 where y = 0):
  *   dx = g exp(logs), dbias_c = sum_p g exp(logs_c), dlogs_c = sum_p g y
  */
 #include "cf_ops_impl.h"
 
+#include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 
 static cf_status actnorm_infer(cf_ctx *ctx, const void *attrs, int n_in, cf_tensor *const *in,
                                cf_shape *out)
@@ -27,13 +33,21 @@ static cf_status actnorm_infer(cf_ctx *ctx, const void *attrs, int n_in, cf_tens
     return CF_OK;
 }
 
+static bool relu_of(const cf_node *n)
+{
+    return CF_ATTRS(n, cf_actnorm_attrs)->relu != 0;
+}
+
 static cf_status actnorm_fwd(cf_node *n)
 {
     const cf_tensor *x = n->in[0], *bias = n->in[1], *logs = n->in[2];
     int64_t C = bias->numel;
-    for (int64_t i = 0; i < x->numel; i++)
-        cf_tensor_set(n->out[0], i, (cf_tensor_get(x, i) + cf_tensor_get(bias, i % C)) *
-                                        exp(cf_tensor_get(logs, i % C)));
+    bool relu = relu_of(n);
+    for (int64_t i = 0; i < x->numel; i++) {
+        double v = (cf_tensor_get(x, i) + cf_tensor_get(bias, i % C)) *
+                   exp(cf_tensor_get(logs, i % C));
+        cf_tensor_set(n->out[0], i, relu && v < 0 ? 0.0 : v);
+    }
     return CF_OK;
 }
 
@@ -43,9 +57,11 @@ static cf_status actnorm_bwd(cf_node *n)
     cf_dtype dt = x->dtype;
     int64_t C = logs->numel;
     void *dx = cf_node_grad_in(n, 0), *db = cf_node_grad_in(n, 1), *dl = cf_node_grad_in(n, 2);
+    bool relu = relu_of(n);
     for (int64_t i = 0; i < x->numel; i++) {
         int64_t c = i % C;
         double g = cf_buf_get(dt, y->grad, i), e = exp(cf_tensor_get(logs, c));
+        if (relu && cf_tensor_get(y, i) <= 0) g = 0;
         if (dx) cf_buf_set(dt, dx, i, cf_buf_get(dt, dx, i) + g * e);
         if (db) cf_buf_set(dt, db, c, cf_buf_get(dt, db, c) + g * e);
         if (dl) cf_buf_set(dt, dl, c, cf_buf_get(dt, dl, c) + g * cf_tensor_get(y, i));
@@ -61,53 +77,76 @@ static cf_status actnorm_fwd_f32(cf_node *n)
     float *scale = cf_node_scratch(n, (size_t)C * sizeof(float));
     if (!scale) return cf_ctx_status(n->ctx);
     for (int64_t c = 0; c < C; c++) scale[c] = expf(logs[c]);
+    bool relu = relu_of(n);
 #pragma omp parallel for schedule(static) if (P * C > CF__PAR_MIN)
-    for (int64_t p = 0; p < P; p++)
-        for (int64_t c = 0; c < C; c++) y[p * C + c] = (x[p * C + c] + bias[c]) * scale[c];
+    for (int64_t p = 0; p < P; p++) {
+        const float *xp = x + p * C;
+        float *yp = y + p * C;
+        if (relu)
+            for (int64_t c = 0; c < C; c++) {
+                float v = (xp[c] + bias[c]) * scale[c];
+                yp[c] = v > 0.0f ? v : 0.0f;
+            }
+        else
+            for (int64_t c = 0; c < C; c++) yp[c] = (xp[c] + bias[c]) * scale[c];
+    }
     return CF_OK;
 }
 
+/* One pass over the rows: dx, and per-channel sums of g and g*y. Rows are cut into one
+ * contiguous range per thread; each range sums 64-row blocks in float (vectorised over
+ * channels) into double partials, combined in thread order. */
 static cf_status actnorm_bwd_f32(cf_node *n)
 {
     const float *logs = n->in[2]->data, *y = n->out[0]->data, *g = n->out[0]->grad;
     int64_t C = n->in[1]->numel, P = C ? n->in[0]->numel / C : 0;
     float *dx = cf_node_grad_in(n, 0), *db = cf_node_grad_in(n, 1), *dl = cf_node_grad_in(n, 2);
-    double *acc = cf_node_scratch(n, (size_t)(2 * C) * sizeof(double));
+    bool relu = relu_of(n), sums = db || dl;
+    int nt = P * C > CF__PAR_MIN ? omp_get_max_threads() : 1;
     float *scale = cf_node_scratch(n, (size_t)C * sizeof(float));
-    if (!acc || !scale) return cf_ctx_status(n->ctx);
-    for (int64_t c = 0; c < C; c++) scale[c] = expf(logs[c]), acc[c] = acc[C + c] = 0;
-    if (dx) {
-#pragma omp parallel for schedule(static) if (P * C > CF__PAR_MIN)
-        for (int64_t p = 0; p < P; p++)
-            for (int64_t c = 0; c < C; c++) dx[p * C + c] += g[p * C + c] * scale[c];
-    }
-    if (db || dl) {
-        /* Per-channel sums over rows: blocks of rows in float, combined in double. */
-        for (int64_t p0 = 0; p0 < P; p0 += 64) {
-            int64_t p1 = p0 + 64 < P ? p0 + 64 : P;
-            for (int64_t c = 0; c < C; c++) {
-                float sg = 0, sgy = 0;
-                for (int64_t p = p0; p < p1; p++) {
-                    sg += g[p * C + c];
-                    sgy += g[p * C + c] * y[p * C + c];
+    float *block = cf_node_scratch(n, (size_t)(nt * 2 * C) * sizeof(float));
+    double *part = cf_node_scratch(n, (size_t)(nt * 2 * C) * sizeof(double));
+    if (!scale || !block || !part) return cf_ctx_status(n->ctx);
+    for (int64_t c = 0; c < C; c++) scale[c] = expf(logs[c]);
+    memset(part, 0, (size_t)(nt * 2 * C) * sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+        int64_t p_begin = P * t / nt, p_end = P * (t + 1) / nt;
+        float *sg = block + (int64_t)t * 2 * C, *sgy = sg + C;
+        double *acc = part + (int64_t)t * 2 * C;
+        for (int64_t p0 = p_begin; p0 < p_end; p0 += 64) {
+            int64_t p1 = p0 + 64 < p_end ? p0 + 64 : p_end;
+            for (int64_t c = 0; c < C; c++) sg[c] = sgy[c] = 0.0f;
+            for (int64_t p = p0; p < p1; p++) {
+                const float *gp = g + p * C, *yp = y + p * C;
+                float *dxp = dx ? dx + p * C : NULL;
+                for (int64_t c = 0; c < C; c++) {
+                    float ge = relu && !(yp[c] > 0.0f) ? 0.0f : gp[c];
+                    if (dxp) dxp[c] += ge * scale[c];
+                    sg[c] += ge;
+                    sgy[c] += ge * yp[c];
                 }
-                acc[c] += sg;
-                acc[C + c] += sgy;
             }
+            if (sums)
+                for (int64_t c = 0; c < C; c++) acc[c] += sg[c], acc[C + c] += sgy[c];
         }
-        for (int64_t c = 0; c < C; c++) {
-            if (db) db[c] += (float)(acc[c] * scale[c]);
-            if (dl) dl[c] += (float)acc[C + c];
-        }
+    }
+    for (int t = 1; t < nt; t++)
+        for (int64_t c = 0; c < 2 * C; c++) part[c] += part[(int64_t)t * 2 * C + c];
+    for (int64_t c = 0; c < C; c++) {
+        if (db) db[c] += (float)(part[c] * scale[c]);
+        if (dl) dl[c] += (float)part[C + c];
     }
     return cf_ctx_status(n->ctx);
 }
 
 static bool actnorm_case(int index, cf_op_case *c)
 {
-    static const int64_t xs[][4] = {{2, 3, 2, 4}, {1, 1, 1, 3}, {3, 5, 0, 0}};
-    static const int nd[] = {4, 4, 2};
-    if (index >= 3) return false;
+    static const int64_t xs[][4] = {{2, 3, 2, 4}, {1, 1, 1, 3}, {3, 5, 0, 0}, {2, 3, 2, 4}};
+    static const int nd[] = {4, 4, 2, 4};
+    if (index >= 4) return false;
+    ((cf_actnorm_attrs *)c->attrs)->relu = index == 3;
     c->n_in = 3;
     c->ndim[0] = nd[index];
     for (int d = 0; d < nd[index]; d++) c->shape[0][d] = xs[index][d];
@@ -115,7 +154,7 @@ static bool actnorm_case(int index, cf_op_case *c)
     c->ndim[1] = c->ndim[2] = 1;
     c->shape[1][0] = c->shape[2][0] = C;
     c->lo[0] = -2, c->hi[0] = 2, c->lo[1] = -1, c->hi[1] = 1, c->lo[2] = -0.5, c->hi[2] = 0.5;
-    c->label = index == 0 ? "image" : index == 1 ? "one pixel" : "matrix";
+    c->label = index == 0 ? "image" : index == 1 ? "one pixel" : index == 2 ? "matrix" : "with relu";
     return true;
 }
 
@@ -123,6 +162,7 @@ const cf_op_def cf__op_actnorm = {
     .name = "actnorm",
     .n_inputs = 3,
     .n_outputs = 1,
+    .attrs_size = sizeof(cf_actnorm_attrs),
     .infer = actnorm_infer,
     .forward = actnorm_fwd,
     .backward = actnorm_bwd,
@@ -134,5 +174,13 @@ const cf_op_def cf__op_actnorm = {
 cf_tensor *cf_actnorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tensor *logs)
 {
     cf_tensor *in[3] = {x, bias, logs};
-    return cf_op_apply1(ctx, &cf__op_actnorm, 3, in, NULL);
+    cf_actnorm_attrs a = {0};
+    return cf_op_apply1(ctx, &cf__op_actnorm, 3, in, &a);
+}
+
+cf_tensor *cf_actnorm_relu(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tensor *logs)
+{
+    cf_tensor *in[3] = {x, bias, logs};
+    cf_actnorm_attrs a = {1};
+    return cf_op_apply1(ctx, &cf__op_actnorm, 3, in, &a);
 }

@@ -79,8 +79,13 @@ cf_tensor *cf_gaussian_logp_std(cf_ctx *ctx, cf_tensor *x);
 cf_tensor *cf_gaussian_logp(cf_ctx *ctx, cf_tensor *x, cf_tensor *mean, cf_tensor *logs);
 
 /* ---- flow transforms ----------------------------------------------------------------- */
-/* Glow's actnorm: (x + bias) * exp(logs), bias and logs of shape (C) for x (..., C). */
+/* Glow's actnorm: (x + bias) * exp(logs), bias and logs of shape (C) for x (..., C); and the
+ * same followed by a ReLU, fused (one node, one output tensor). */
+typedef struct cf_actnorm_attrs {
+    int relu;
+} cf_actnorm_attrs;
 cf_tensor *cf_actnorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tensor *logs);
+cf_tensor *cf_actnorm_relu(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tensor *logs);
 
 /* Coupling transforms (ops/coupling.c). x (B, H, W, C) is cut along channels into blocks; the
  * network output h_k (B, H, W, 2 c_k) transforms block k (the last blocks, in order; the first

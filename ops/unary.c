@@ -2,8 +2,8 @@
  * softplus, tanh.
  *
  * Legend: x input, y output, N elements. Each op is f(x) and its derivative written once as
- * double functions (the reference kernels) and once as float functions (the fast kernels,
- * vectorisable loops, OpenMP over large tensors). The derivative may use y, which saves
+ * double functions (the reference kernels) and once as float functions (the fast kernels:
+ * one specialised loop per op, vectorisable, OpenMP over large tensors). The derivative may use y, which saves
  * recomputing exp in backward.
  */
 #include "cf_ops_impl.h"
@@ -11,8 +11,6 @@
 typedef struct unary_fns {
     double (*f)(double x, double c);
     double (*df)(double x, double y, double c); /* dy/dx */
-    float (*f32)(float x, float c);
-    float (*df32)(float x, float y, float c);
 } unary_fns;
 
 /* ---- the functions ------------------------------------------------------------------- */
@@ -97,26 +95,36 @@ static cf_status unary_backward_ref(cf_node *n, const unary_fns *fn)
     return CF_OK;
 }
 
-static cf_status unary_forward_f32(cf_node *n, const unary_fns *fn)
-{
-    const float *x = n->in[0]->data;
-    float *y = n->out[0]->data, c = (float)constant_of(n);
-    int64_t N = n->in[0]->numel;
-#pragma omp parallel for schedule(static) if (N > CF__PAR_MIN)
-    for (int64_t i = 0; i < N; i++) y[i] = fn->f32(x[i], c);
-    return CF_OK;
-}
-
-static cf_status unary_backward_f32(cf_node *n, const unary_fns *fn)
-{
-    const float *x = n->in[0]->data, *y = n->out[0]->data, *g = n->out[0]->grad;
-    float *dx = cf_node_grad_in(n, 0), c = (float)constant_of(n);
-    if (!dx) return cf_ctx_status(n->ctx);
-    int64_t N = n->in[0]->numel;
-#pragma omp parallel for schedule(static) if (N > CF__PAR_MIN)
-    for (int64_t i = 0; i < N; i++) dx[i] += g[i] * fn->df32(x[i], y[i], c);
-    return CF_OK;
-}
+/* Fast f32 kernels: one loop per op with the function called directly (so it is inlined and the
+ * loop vectorised), parallel over large tensors. */
+#define UNARY_F32_KERNELS(id, F)                                                               \
+    static cf_status id##_fwd_f32(cf_node *n)                                                  \
+    {                                                                                          \
+        const float *x = n->in[0]->data;                                                       \
+        float *y = n->out[0]->data, c = (float)constant_of(n);                                 \
+        int64_t N = n->in[0]->numel;                                                           \
+        if (N > CF__PAR_MIN) {                                                                 \
+            _Pragma("omp parallel for schedule(static)")                                       \
+            for (int64_t i = 0; i < N; i++) y[i] = F##_f32(x[i], c);                           \
+        } else {                                                                               \
+            for (int64_t i = 0; i < N; i++) y[i] = F##_f32(x[i], c);                           \
+        }                                                                                      \
+        return CF_OK;                                                                          \
+    }                                                                                          \
+    static cf_status id##_bwd_f32(cf_node *n)                                                  \
+    {                                                                                          \
+        const float *x = n->in[0]->data, *y = n->out[0]->data, *g = n->out[0]->grad;           \
+        float *dx = cf_node_grad_in(n, 0), c = (float)constant_of(n);                          \
+        if (!dx) return cf_ctx_status(n->ctx);                                                 \
+        int64_t N = n->in[0]->numel;                                                           \
+        if (N > CF__PAR_MIN) {                                                                 \
+            _Pragma("omp parallel for schedule(static)")                                       \
+            for (int64_t i = 0; i < N; i++) dx[i] += g[i] * F##_df32(x[i], y[i], c);           \
+        } else {                                                                               \
+            for (int64_t i = 0; i < N; i++) dx[i] += g[i] * F##_df32(x[i], y[i], c);           \
+        }                                                                                      \
+        return CF_OK;                                                                          \
+    }
 
 /* Test cases: a 4-D image tensor and a 2-D matrix, in the op's domain. */
 static bool unary_case(int index, cf_op_case *c, double lo, double hi)
@@ -133,11 +141,10 @@ static bool unary_case(int index, cf_op_case *c, double lo, double hi)
 }
 
 #define DEFINE_UNARY(id, F, LO, HI, ATTRS, DOC)                                              \
-    static const unary_fns id##_fns = {F##_f, F##_df, F##_f32, F##_df32};                    \
+    static const unary_fns id##_fns = {F##_f, F##_df};                                        \
     static cf_status id##_fwd(cf_node *n) { return unary_forward_ref(n, &id##_fns); }      \
     static cf_status id##_bwd(cf_node *n) { return unary_backward_ref(n, &id##_fns); }     \
-    static cf_status id##_fwd_f32(cf_node *n) { return unary_forward_f32(n, &id##_fns); }  \
-    static cf_status id##_bwd_f32(cf_node *n) { return unary_backward_f32(n, &id##_fns); } \
+    UNARY_F32_KERNELS(id, F)                                                                   \
     static bool id##_case(int index, cf_op_case *c)                                          \
     {                                                                                          \
         bool ok = unary_case(index, c, LO, HI);                                                \
