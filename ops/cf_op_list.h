@@ -26,7 +26,11 @@
     X(GAUSSIAN_LOGP, gaussian_logp) \
     X(ACTNORM, actnorm) \
     X(AFFINE_COUPLING, affine_coupling) \
-    X(QUAD_COUPLING, quad_coupling)
+    X(QUAD_COUPLING, quad_coupling) \
+    X(CONV2D, conv2d) \
+    X(CONV_LOGDET, conv_logdet) \
+    X(SQUEEZE, squeeze) \
+    X(UNSQUEEZE, unsqueeze)
 
 /* Enum of built-in ops: CF_OP_ADD, CF_OP_SUB, ... with CF_OP_BUILTIN_COUNT last. */
 #define CF__OP_ENUM(upper, name) CF_OP_##upper,

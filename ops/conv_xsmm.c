@@ -1,0 +1,613 @@
+/* conv_xsmm.c: the fast f32 convolution drivers on libxsmm, the cache of JIT kernels, and a
+ * blocked transpose.
+ *
+ * libxsmm is column-major, so an NHWC row of Wo pixels with C channels is a (C x Wo) matrix
+ * with leading dimension C, and an HWIO tap W[kh][kw] ([c][k] row-major) is a (K x C) matrix
+ * with leading dimension K. The drivers pick one of four formulations by shape:
+ *   rows (the default): Y_row (K x Wo) += sum_taps W_tap (K x C) * Xpad_row_shifted (C x Wo),
+ *         one batch-reduce GEMM (byte offsets) per output row;
+ *   col2im (K not a multiple of 16 and below 128, where a K-row GEMM would leave vector lanes
+ *         idle): per image, col (T*K x H*W) = Wr (T*K x C) X (C x H*W), one GEMM on the
+ *         unpadded input with m = T*K, then each output pixel adds up its taps' K-vectors;
+ *   im2col (few input channels, C < 16, or short rows, Wo < 16): the taps of an output pixel
+ *         gathered into a column of T*C, then one GEMM with k = T*C instead of T batch entries
+ *         of k = C, over an output row, or over a group of whole small images (about 64
+ *         output pixels, so the weights are read once per group rather than once per row);
+ *   1x1 without padding: one GEMM over all pixels, in chunks of pixels for threads.
+ * Backward-data is the forward driver on dY with the taps flipped and transposed (the caller
+ * builds them) and the complementary padding (KH-1-top, ...). Backward-weight accumulates
+ * dW_tap (K x C) += sum_rows dY_row (K x Wo) Xpad_row_shifted^T (strided batch-reduce GEMM with
+ * B transposed), or its transpose dW_tap^T (C x K) for the same K as col2im, or an im2col form
+ * when C < 16, or chunks of pixels for an unpadded 1x1.
+ *
+ * Work items are images (col2im), groups of small images, or (image, block of output rows):
+ * OpenMP over them, with row blocks within an image when the batch is too small to keep every
+ * thread busy (col2im does not split an image). Each item copies the input rows it needs into
+ * a per-thread zero-padded scratch (so the rim is always written, whatever the arena held
+ * before), and the weight gradient accumulates into per-thread partial sums reduced at the end
+ * (no atomics; the same result for a given thread count).
+ *
+ * Not here: masks, flipping weights, choosing between fast and reference (conv2d.c).
+ *
+ * Legend: B batch, H, W input size, C input channels, K output channels, KH, KW kernel,
+ * Ho, Wo output size, Hp, Wp padded input size, T = KH * KW taps, N pixels.
+ */
+#include <limits.h>
+#include <omp.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "cf_conv_impl.h"
+
+void cf__conv_geom_init(cf__conv_geom *g, const cf_tensor *x, const cf_tensor *w, const int pad[4])
+{
+    g->B = x->shape[0], g->H = x->shape[1], g->W = x->shape[2], g->C = x->shape[3];
+    g->KH = w->shape[0], g->KW = w->shape[1], g->K = w->shape[3];
+    g->pt = pad[0], g->pl = pad[1], g->pb = pad[2], g->pr = pad[3];
+    g->Hp = g->H + g->pt + g->pb, g->Wp = g->W + g->pl + g->pr;
+    g->Ho = g->Hp - g->KH + 1, g->Wo = g->Wp - g->KW + 1;
+}
+
+/* ---- kernel cache ----------------------------------------------------------------------- */
+
+#define CACHE_SLOTS 512
+
+static struct {
+    cf__xsmm_key key;
+    cf__xsmm_fn fn;
+} cache[CACHE_SLOTS];
+static int cache_used;
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool same_key(const cf__xsmm_key *a, const cf__xsmm_key *b)
+{
+    return a->kind == b->kind && a->m == b->m && a->n == b->n && a->k == b->k &&
+           a->lda == b->lda && a->ldb == b->ldb && a->ldc == b->ldc &&
+           a->stride_a == b->stride_a && a->stride_b == b->stride_b && a->beta == b->beta &&
+           a->trans_b == b->trans_b;
+}
+
+static cf__xsmm_fn dispatch(const cf__xsmm_key *key)
+{
+    const float alpha = 1.0f, beta = key->beta ? 1.0f : 0.0f;
+    const int flags = key->trans_b ? LIBXSMM_GEMM_FLAG_TRANS_B : LIBXSMM_GEMM_FLAG_NONE;
+    const int prefetch = LIBXSMM_GEMM_PREFETCH_NONE;
+    const libxsmm_blasint lda = key->lda, ldb = key->ldb, ldc = key->ldc;
+    cf__xsmm_fn fn = {0};
+    switch (key->kind) {
+    case CF__XSMM_GEMM:
+        fn.gemm = libxsmm_smmdispatch(key->m, key->n, key->k, &lda, &ldb, &ldc, &alpha, &beta,
+                                      &flags, &prefetch);
+        break;
+    case CF__XSMM_BR_OFFS:
+        fn.offs = libxsmm_smmdispatch_reducebatch_offs(key->m, key->n, key->k, &lda, &ldb, &ldc,
+                                                       &alpha, &beta, &flags, &prefetch);
+        break;
+    case CF__XSMM_BR_STRD:
+        fn.strd = libxsmm_smmdispatch_reducebatch_strd(key->m, key->n, key->k, key->stride_a,
+                                                       key->stride_b, &lda, &ldb, &ldc, &alpha,
+                                                       &beta, &flags, &prefetch);
+        break;
+    }
+    return fn;
+}
+
+bool cf__xsmm_get(const cf__xsmm_key *key, cf__xsmm_fn *fn)
+{
+    if (key->m <= 0 || key->n <= 0 || key->k <= 0) return false;
+    pthread_mutex_lock(&cache_lock);
+    for (int i = 0; i < cache_used; i++)
+        if (same_key(&cache[i].key, key)) {
+            *fn = cache[i].fn;
+            pthread_mutex_unlock(&cache_lock);
+            return true;
+        }
+    cf__xsmm_fn found = dispatch(key);
+    /* A full cache still works: libxsmm keeps its own registry; we only stop remembering. */
+    if (found.gemm && cache_used < CACHE_SLOTS) {
+        cache[cache_used].key = *key;
+        cache[cache_used].fn = found;
+        cache_used++;
+    }
+    pthread_mutex_unlock(&cache_lock);
+    *fn = found;
+    return found.gemm != NULL;
+}
+
+/* ---- shared pieces ---------------------------------------------------------------------- */
+
+/* Pixels per GEMM in the 1x1 path, and chunks per batch-reduce call of its weight gradient
+ * (so the operands of one call stay in L2). */
+#define PIX_CHUNK 64
+#define PIX_GROUP 4
+/* Output pixels per batch-reduce call of the weight gradient (images are grouped to reach it). */
+#define GROUP_PIXELS 256
+/* Output rows shorter than this take the im2col form over groups of whole images of about
+ * IMG_PIXELS output pixels. */
+#define SHORT_ROW 16
+#define IMG_PIXELS 64
+/* Input channel counts below this take the im2col form. */
+#define THIN 16
+
+/* Output channel counts that leave vector lanes of a K-row GEMM idle (K not a multiple of 16)
+ * and are small enough for the col2im form's buffer. */
+static bool thin_k(int64_t K)
+{
+    return K % 16 != 0 && K < 128;
+}
+
+bool cf__conv_fast_ok(const cf__conv_geom *g)
+{
+    if (g->KH < 1 || g->KH > 7 || g->KW < 1 || g->KW > 7) return false;
+    if (g->pt < 0 || g->pt >= g->KH || g->pb < 0 || g->pb >= g->KH) return false;
+    if (g->pl < 0 || g->pl >= g->KW || g->pr < 0 || g->pr >= g->KW) return false;
+    if (g->Ho < 1 || g->Wo < 1 || g->C < 1 || g->K < 1) return false;
+    /* Leading dimensions, counts and byte strides are ints in libxsmm's interface. */
+    const int64_t lim = INT_MAX / 64;
+    return g->Hp * g->Wp * g->C < lim && g->Wo * g->K * g->KH * g->KW < lim &&
+           g->C * g->K * g->KH * g->KW < lim && g->B * g->H * g->W < lim;
+}
+
+/* Splits each image's Ho output rows into blocks so there are at least two work items per
+ * thread when the batch is small. */
+static void row_blocks(const cf__conv_geom *g, int nt, int64_t *nrb, int64_t *rows)
+{
+    int64_t want = g->B >= 2 * nt ? 1 : (2 * nt + g->B - 1) / g->B;
+    if (want > g->Ho) want = g->Ho;
+    *rows = (g->Ho + want - 1) / want;
+    *nrb = (g->Ho + *rows - 1) / *rows;
+}
+
+/* s (nrows + KH - 1, Wp, C) = the zero-padded input rows that output rows [r0, r0 + nrows)
+ * read, from image xb (H, W, C). Every element of s is written. */
+static void pad_rows(float *s, const float *xb, const cf__conv_geom *g, int64_t r0, int64_t nrows)
+{
+    const int64_t C = g->C, WC = g->W * C, WpC = g->Wp * C;
+    for (int64_t lr = 0; lr < nrows + g->KH - 1; lr++) {
+        float *d = s + lr * WpC;
+        const int64_t ir = r0 + lr - g->pt;
+        if (ir < 0 || ir >= g->H) {
+            memset(d, 0, (size_t)WpC * sizeof(float));
+            continue;
+        }
+        memset(d, 0, (size_t)(g->pl * C) * sizeof(float));
+        memcpy(d + g->pl * C, xb + ir * WC, (size_t)WC * sizeof(float));
+        memset(d + g->pl * C + WC, 0, (size_t)(g->pr * C) * sizeof(float));
+    }
+}
+
+/* Floats rounded up to a whole number of 64-byte lines, so per-thread slices do not share. */
+static int64_t line_up(int64_t floats)
+{
+    return (floats + 15) & ~(int64_t)15;
+}
+
+/* The im2col matrix of output row i of a work item whose padded rows start at s: column w
+ * holds the T*C inputs output pixel w reads, in HWIO order ([kh][kw][c]). */
+static void im2col_row(float *col, const float *s, const cf__conv_geom *g, int64_t lrow)
+{
+    const int64_t C = g->C, TC = g->KH * g->KW * C, KWC = g->KW * C;
+    for (int64_t w = 0; w < g->Wo; w++)
+        for (int64_t kh = 0; kh < g->KH; kh++)
+            memcpy(col + w * TC + kh * KWC, s + ((lrow + kh) * g->Wp + w) * C,
+                   (size_t)KWC * sizeof(float));
+}
+
+/* ---- transpose -------------------------------------------------------------------------- */
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+/* dst[j * ldd + i] = src[i * lds + j] - (sub ? sub[j] : 0) for i < nr, j < nc (both <= 16):
+ * masked loads and stores, so nothing outside the block is read or written. */
+static inline void tr16(float *dst, int64_t ldd, const float *src, int64_t lds, const float *sub,
+                        int nr, int nc)
+{
+    /* (fully unrolled, so r and t live in registers) */
+    const __mmask16 mc = (__mmask16)((1u << nc) - 1), mr = (__mmask16)((1u << nr) - 1);
+    const __m512 s = sub ? _mm512_maskz_loadu_ps(mc, sub) : _mm512_setzero_ps();
+    __m512 r[16], t[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        r[i] = i < nr ? _mm512_sub_ps(_mm512_maskz_loadu_ps(mc, src + i * lds), s)
+                      : _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+#pragma GCC unroll 16
+    for (int h = 0; h < 16; h += 8)
+#pragma GCC unroll 16
+        for (int i = 0; i < 4; i++) {
+            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+        }
+#pragma GCC unroll 16
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; j++)
+        if (j < nc) _mm512_mask_storeu_ps(dst + j * ldd, mr, r[j]);
+}
+#endif
+
+void cf__transpose_f32(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
+                       int64_t cols, const float *sub)
+{
+    for (int64_t i0 = 0; i0 < rows; i0 += 16)
+        for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+            const int nr = rows - i0 < 16 ? (int)(rows - i0) : 16;
+            const int nc = cols - j0 < 16 ? (int)(cols - j0) : 16;
+#ifdef __AVX512F__
+            tr16(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds, sub ? sub + j0 : NULL, nr,
+                 nc);
+#else
+            for (int i = 0; i < nr; i++)
+                for (int j = 0; j < nc; j++)
+                    dst[(j0 + j) * ldd + i0 + i] =
+                        src[(i0 + i) * lds + j0 + j] - (sub ? sub[j0 + j] : 0.0f);
+#endif
+        }
+}
+
+/* ---- forward (and backward-data) -------------------------------------------------------- */
+
+/* 1x1 without padding: Y (K x N) += W (K x C) * X (C x N), in chunks of pixels. */
+static bool fwd_1x1(float *y, const float *x, const float *w, const float *bias,
+                    const cf__conv_geom *g)
+{
+    const int64_t N = g->B * g->H * g->W, C = g->C, K = g->K;
+    if (N == 0) return true;
+    const int64_t chunks = (N + PIX_CHUNK - 1) / PIX_CHUNK, tail = N - (chunks - 1) * PIX_CHUNK;
+    cf__xsmm_key key = {.kind = CF__XSMM_GEMM, .m = (int)K, .n = PIX_CHUNK, .k = (int)C,
+                        .lda = (int)K, .ldb = (int)C, .ldc = (int)K, .beta = 1};
+    cf__xsmm_fn full = {0}, last = {0};
+    if (chunks > 1 && !cf__xsmm_get(&key, &full)) return false;
+    key.n = (int)tail;
+    if (!cf__xsmm_get(&key, &last)) return false;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (int64_t ch = 0; ch < chunks; ch++) {
+        const int64_t p0 = ch * PIX_CHUNK, np = ch == chunks - 1 ? tail : PIX_CHUNK;
+        float *yc = y + p0 * K;
+        if (bias)
+            for (int64_t p = 0; p < np; p++)
+                for (int64_t k = 0; k < K; k++) yc[p * K + k] += bias[k];
+        (ch == chunks - 1 ? last : full).gemm(w, x + p0 * C, yc);
+    }
+    return true;
+}
+
+/* Few output channels, col2im form: per image, col (T*K x H*W) = Wr (T*K x C) X (C x H*W) in one
+ * GEMM on the unpadded input, then each output pixel gathers its taps' K-vectors from col
+ * (taps that fall in the padding are skipped). Wr[t*K + k][c] = W[t][c][k]. */
+static bool fwd_col2im(cf_node *n, float *y, const float *x, const float *w, const float *bias,
+                       const cf__conv_geom *g)
+{
+    const int64_t C = g->C, K = g->K, H = g->H, W = g->W, Wo = g->Wo, Ho = g->Ho;
+    const int64_t T = g->KH * g->KW, TK = T * K, HW = H * W;
+    cf__xsmm_key key = {.kind = CF__XSMM_GEMM, .m = (int)TK, .n = (int)HW, .k = (int)C,
+                        .lda = (int)TK, .ldb = (int)C, .ldc = (int)TK, .beta = 0};
+    cf__xsmm_fn fn;
+    if (!cf__xsmm_get(&key, &fn)) return false;
+    const int nt = omp_get_max_threads();
+    const int64_t per = line_up(TK * HW);
+    float *wr = cf_node_scratch(n, (size_t)(TK * C) * sizeof(float));
+    float *scratch = cf_node_scratch(n, (size_t)(per * nt) * sizeof(float));
+    if (!wr || !scratch) return false;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t k = 0; k < K; k++) wr[c * TK + t * K + k] = w[(t * C + c) * K + k];
+#pragma omp parallel num_threads(nt)
+    {
+        float *col = scratch + per * omp_get_thread_num();
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < g->B; b++) {
+            fn.gemm(wr, x + b * HW * C, col);
+            for (int64_t i = 0; i < Ho; i++)
+                for (int64_t j = 0; j < Wo; j++) {
+                    float *yo = y + ((b * Ho + i) * Wo + j) * K;
+                    if (bias)
+                        for (int64_t k = 0; k < K; k++) yo[k] += bias[k];
+                    for (int64_t kh = 0; kh < g->KH; kh++) {
+                        const int64_t ih = i + kh - g->pt;
+                        if (ih < 0 || ih >= H) continue;
+                        for (int64_t kw = 0; kw < g->KW; kw++) {
+                            const int64_t iw = j + kw - g->pl;
+                            if (iw < 0 || iw >= W) continue;
+                            const float *cv = col + (ih * W + iw) * TK + (kh * g->KW + kw) * K;
+                            for (int64_t k = 0; k < K; k++) yo[k] += cv[k];
+                        }
+                    }
+                }
+        }
+    }
+    return true;
+}
+
+/* im2col: few input channels (one GEMM per output row, k = T*C), or small images (one GEMM
+ * per group of whole images, n = their pixels, so the weights are read once per ~64 output
+ * pixels instead of once per short row). */
+static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, const float *bias,
+                       const cf__conv_geom *g)
+{
+    const int64_t C = g->C, K = g->K, Wp = g->Wp, Wo = g->Wo, Ho = g->Ho, HWo = Ho * Wo;
+    const int64_t TC = g->KH * g->KW * C;
+    const int nt = omp_get_max_threads();
+    int64_t nrb, rows, G = 0;
+    row_blocks(g, nt, &nrb, &rows);
+    if (nrb == 1 && HWo < IMG_PIXELS) { /* groups of G whole images */
+        G = IMG_PIXELS / HWo;
+        const int64_t cap = g->B / (2 * nt);
+        if (G > cap) G = cap;
+        if (G < 1) G = 1;
+    }
+    const int64_t items = G ? (g->B + G - 1) / G : g->B * nrb;
+    const int64_t last = G ? g->B - (items - 1) * G : 0; /* images in the last group */
+    const int64_t npix = G ? G * HWo : Wo;                  /* GEMM n (full group or a row) */
+    const int64_t srows = rows + g->KH - 1, simg = srows * Wp * C;
+    cf__xsmm_key key = {.kind = CF__XSMM_GEMM, .m = (int)K, .n = (int)npix, .k = (int)TC,
+                        .lda = (int)K, .ldb = (int)TC, .ldc = (int)K, .beta = 1};
+    cf__xsmm_fn fn, fn_last = {0};
+    if (!cf__xsmm_get(&key, &fn)) return false;
+    if (G && last != G) {
+        key.n = (int)(last * HWo);
+        if (!cf__xsmm_get(&key, &fn_last)) return false;
+    }
+    const int64_t sper = line_up((G ? G : 1) * simg), per = sper + line_up(TC * npix);
+    float *scratch = cf_node_scratch(n, (size_t)(per * nt) * sizeof(float));
+    if (!scratch) return false;
+#pragma omp parallel num_threads(nt)
+    {
+        float *s = scratch + per * omp_get_thread_num(), *col = s + sper;
+#pragma omp for schedule(static)
+        for (int64_t it = 0; it < items; it++) {
+            if (G) {
+                const int64_t b0 = it * G, gn = it == items - 1 ? last : G;
+                float *yg = y + b0 * HWo * K;
+                for (int64_t gi = 0; gi < gn; gi++) {
+                    pad_rows(s + gi * simg, x + (b0 + gi) * g->H * g->W * C, g, 0, Ho);
+                    for (int64_t i = 0; i < Ho; i++)
+                        im2col_row(col + (gi * Ho + i) * Wo * TC, s + gi * simg, g, i);
+                }
+                if (bias)
+                    for (int64_t p = 0; p < gn * HWo; p++)
+                        for (int64_t k = 0; k < K; k++) yg[p * K + k] += bias[k];
+                (gn == G ? fn : fn_last).gemm(w, col, yg);
+                continue;
+            }
+            const int64_t b = it / nrb, r0 = (it % nrb) * rows;
+            const int64_t r1 = r0 + rows < Ho ? r0 + rows : Ho;
+            pad_rows(s, x + b * g->H * g->W * C, g, r0, r1 - r0);
+            for (int64_t i = r0; i < r1; i++) {
+                float *yr = y + (b * Ho + i) * Wo * K;
+                if (bias)
+                    for (int64_t j = 0; j < Wo; j++)
+                        for (int64_t k = 0; k < K; k++) yr[j * K + k] += bias[k];
+                im2col_row(col, s, g, i - r0);
+                fn.gemm(w, col, yr);
+            }
+        }
+    }
+    return true;
+}
+
+/* The default: one batch-reduce GEMM over the taps per output row. */
+static bool fwd_rows(cf_node *n, float *y, const float *x, const float *w, const float *bias,
+                     const cf__conv_geom *g)
+{
+    const int64_t C = g->C, K = g->K, Wp = g->Wp, Wo = g->Wo, Ho = g->Ho, T = g->KH * g->KW;
+    const int nt = omp_get_max_threads();
+    int64_t nrb, rows;
+    row_blocks(g, nt, &nrb, &rows);
+    cf__xsmm_key key = {.kind = CF__XSMM_BR_OFFS, .m = (int)K, .n = (int)Wo, .k = (int)C,
+                        .lda = (int)K, .ldb = (int)C, .ldc = (int)K, .beta = 1};
+    cf__xsmm_fn fn;
+    if (!cf__xsmm_get(&key, &fn)) return false;
+    unsigned long long a_offs[49], b_offs[49];
+    for (int64_t t = 0; t < T; t++) {
+        a_offs[t] = (unsigned long long)(t * C * K) * sizeof(float);
+        b_offs[t] = (unsigned long long)(((t / g->KW) * Wp + t % g->KW) * C) * sizeof(float);
+    }
+    const int64_t per = line_up((rows + g->KH - 1) * Wp * C);
+    float *scratch = cf_node_scratch(n, (size_t)(per * nt) * sizeof(float));
+    if (!scratch) return false;
+#pragma omp parallel num_threads(nt)
+    {
+        float *s = scratch + per * omp_get_thread_num();
+#pragma omp for schedule(static)
+        for (int64_t it = 0; it < g->B * nrb; it++) {
+            const int64_t b = it / nrb, r0 = (it % nrb) * rows;
+            const int64_t r1 = r0 + rows < Ho ? r0 + rows : Ho;
+            pad_rows(s, x + b * g->H * g->W * C, g, r0, r1 - r0);
+            for (int64_t i = r0; i < r1; i++) {
+                float *yr = y + (b * Ho + i) * Wo * K;
+                if (bias)
+                    for (int64_t j = 0; j < Wo; j++)
+                        for (int64_t k = 0; k < K; k++) yr[j * K + k] += bias[k];
+                unsigned long long count = (unsigned long long)T;
+                fn.offs(w, s + (i - r0) * Wp * C, yr, &count, a_offs, b_offs);
+            }
+        }
+    }
+    return true;
+}
+
+bool cf__conv_forward_f32(cf_node *n, float *y, const float *x, const float *w, const float *bias,
+                          const cf__conv_geom *g)
+{
+    if (g->B == 0) return true;
+    if (thin_k(g->K)) return fwd_col2im(n, y, x, w, bias, g);
+    if (g->KH == 1 && g->KW == 1 && !g->pt && !g->pl && !g->pb && !g->pr)
+        return fwd_1x1(y, x, w, bias, g);
+    if (g->C < THIN || g->Wo < SHORT_ROW) return fwd_im2col(n, y, x, w, bias, g);
+    return fwd_rows(n, y, x, w, bias, g);
+}
+
+/* ---- backward-weight -------------------------------------------------------------------- */
+
+typedef enum bw_form { BW_ROWS, BW_TRANSPOSED, BW_IM2COL, BW_1X1 } bw_form;
+
+/* Adds the per-thread partial sums into dw (masked) and db. Partials are laid out as dw
+ * ([t][c][k]) except in the transposed form ([t][k][c]). */
+static void reduce_partials(float *dw, float *db, const float *part, int nt, int64_t per,
+                            const cf__conv_geom *g, cf_conv_mask mask, bool transposed)
+{
+    const int64_t C = g->C, K = g->K, T = g->KH * g->KW, WN = T * C * K;
+#pragma omp parallel for schedule(static) if (WN > CF__PAR_MIN)
+    for (int64_t tc = 0; tc < T * C; tc++) {
+        const int kh = (int)(tc / C / g->KW), kw = (int)(tc / C % g->KW);
+        const int64_t t = tc / C, c = tc % C;
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t e = transposed ? (t * K + k) * C + c : tc * K + k;
+            float s = 0;
+            for (int i = 0; i < nt; i++) s += part[i * per + e];
+            if (mask == CF_CONV_MASK_NONE || cf_conv_mask_keeps(mask, kh, kw, c, k))
+                dw[tc * K + k] += s;
+        }
+    }
+    if (db)
+        for (int64_t k = 0; k < K; k++) {
+            float s = 0;
+            for (int i = 0; i < nt; i++) s += part[i * per + WN + k];
+            db[k] += s;
+        }
+}
+
+bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float *x,
+                                  const float *dy, const cf__conv_geom *g, cf_conv_mask mask)
+{
+    if (g->B == 0) return true;
+    const int64_t C = g->C, K = g->K, Wp = g->Wp, Wo = g->Wo, Ho = g->Ho, T = g->KH * g->KW;
+    const int64_t WN = T * C * K, TC = T * C, fs = (int64_t)sizeof(float);
+    const bool plain1x1 = g->KH == 1 && g->KW == 1 && !g->pt && !g->pl && !g->pb && !g->pr;
+    const bw_form form = thin_k(K) ? BW_TRANSPOSED : plain1x1 ? BW_1X1
+                         : C < THIN ? BW_IM2COL : BW_ROWS;
+    const int nt = omp_get_max_threads();
+    /* Work items: row blocks of one image when the batch is small, else groups of G images
+     * with about GROUP_PIXELS output pixels, so each call reduces over enough pixels to
+     * amortise reading and writing its (K x C) block of the gradient. */
+    int64_t nrb, rows, G = 1;
+    row_blocks(g, nt, &nrb, &rows);
+    if (nrb == 1) {
+        G = GROUP_PIXELS / (Ho * Wo);
+        const int64_t cap = g->B / (2 * nt);
+        if (G > cap) G = cap;
+        if (G < 1) G = 1;
+    }
+    const int64_t items = nrb > 1 ? g->B * nrb : (g->B + G - 1) / G;
+    const int64_t srows = rows + g->KH - 1; /* padded rows per image of an item */
+    const int64_t N = g->B * g->H * g->W, full = N / PIX_CHUNK, tail = N % PIX_CHUNK;
+
+    /* Every form: C (m x n) += A (m x k) * B^T with B stored (n x k). */
+    cf__xsmm_key key = {.kind = CF__XSMM_BR_OFFS, .beta = 1, .trans_b = 1};
+    switch (form) {
+    case BW_ROWS: /* dW_t (K x C) += dY_row (K x Wo) * S_row^T, rows by offsets */
+        key.m = (int)K, key.n = (int)C, key.k = (int)Wo, key.lda = (int)K, key.ldb = (int)C;
+        break;
+    case BW_TRANSPOSED: /* dW_t^T (C x K) += S_row (C x Wo) * dY_row^T */
+        key.m = (int)C, key.n = (int)K, key.k = (int)Wo, key.lda = (int)C, key.ldb = (int)K;
+        break;
+    case BW_IM2COL: /* dW (K x T*C) += dY_row (K x Wo) * col_row^T, rows contiguous */
+        key.kind = CF__XSMM_BR_STRD;
+        key.m = (int)K, key.n = (int)TC, key.k = (int)Wo, key.lda = (int)K, key.ldb = (int)TC;
+        key.stride_a = (int)(Wo * K * fs), key.stride_b = (int)(TC * Wo * fs);
+        break;
+    case BW_1X1: /* dW (K x C) += dY_chunk (K x 64) * X_chunk^T */
+        key.kind = CF__XSMM_BR_STRD;
+        key.m = (int)K, key.n = (int)C, key.k = PIX_CHUNK, key.lda = (int)K, key.ldb = (int)C;
+        key.stride_a = (int)(PIX_CHUNK * K * fs), key.stride_b = (int)(PIX_CHUNK * C * fs);
+        break;
+    }
+    key.ldc = key.m;
+    cf__xsmm_fn fn = {0}, fn_tail = {0};
+    if ((form != BW_1X1 || full > 0) && !cf__xsmm_get(&key, &fn)) return false;
+    if (form == BW_1X1 && tail > 0) {
+        key.k = (int)tail;
+        if (!cf__xsmm_get(&key, &fn_tail)) return false;
+    }
+
+    const int64_t per = line_up(WN + K);
+    const int64_t sper = form == BW_1X1 ? 0 : line_up(G * srows * Wp * C);
+    const int64_t cper = form == BW_IM2COL ? line_up(G * rows * TC * Wo) : 0;
+    const int64_t oper = G * rows; /* offsets per array */
+    float *part = cf_node_scratch(n, (size_t)(per * nt) * sizeof(float));
+    float *scratch = sper ? cf_node_scratch(n, (size_t)((sper + cper) * nt) * sizeof(float)) : NULL;
+    unsigned long long *offs = cf_node_scratch(n, (size_t)(2 * oper * nt) * sizeof *offs);
+    if (!part || (sper && !scratch) || !offs) return false;
+    /* Every slice is zeroed: the team may be smaller than nt. */
+    memset(part, 0, (size_t)(per * nt) * sizeof(float));
+#pragma omp parallel num_threads(nt)
+    {
+        const int tid = omp_get_thread_num();
+        float *pw = part + per * tid, *pb = pw + WN;
+        if (form == BW_1X1) {
+            /* Contiguous ranges of full chunks per thread, PIX_GROUP chunks per call; the
+             * partial chunk at the end (if any) goes to the last thread. */
+            const int nteam = omp_get_num_threads();
+            const bool last = tid == nteam - 1;
+            const int64_t c0 = full * tid / nteam, c1 = full * (tid + 1) / nteam;
+            for (int64_t c = c0; c < c1; c += PIX_GROUP) {
+                unsigned long long count =
+                    (unsigned long long)(c1 - c < PIX_GROUP ? c1 - c : PIX_GROUP);
+                fn.strd(dy + c * PIX_CHUNK * K, x + c * PIX_CHUNK * C, pw, &count);
+            }
+            if (last && tail > 0) {
+                unsigned long long count = 1;
+                fn_tail.strd(dy + full * PIX_CHUNK * K, x + full * PIX_CHUNK * C, pw, &count);
+            }
+            if (db)
+                for (int64_t p = c0 * PIX_CHUNK; p < (last ? N : c1 * PIX_CHUNK); p++)
+                    for (int64_t k = 0; k < K; k++) pb[k] += dy[p * K + k];
+        } else {
+            float *s = scratch + (sper + cper) * tid, *col = s + sper;
+            unsigned long long *dy_offs = offs + 2 * oper * tid, *s_offs = dy_offs + oper;
+#pragma omp for schedule(static)
+            for (int64_t it = 0; it < items; it++) {
+                /* Images [b0, b0 + gn), output rows [r0, r1) of each. */
+                const int64_t b0 = nrb > 1 ? it / nrb : it * G;
+                const int64_t gn = nrb > 1 ? 1 : (g->B - b0 < G ? g->B - b0 : G);
+                const int64_t r0 = nrb > 1 ? (it % nrb) * rows : 0;
+                const int64_t r1 = r0 + rows < Ho ? r0 + rows : Ho, nr = r1 - r0;
+                unsigned long long count = (unsigned long long)(gn * nr);
+                for (int64_t gi = 0; gi < gn; gi++) {
+                    pad_rows(s + gi * srows * Wp * C, x + (b0 + gi) * g->H * g->W * C, g, r0, nr);
+                    for (int64_t r = 0; r < nr; r++) {
+                        dy_offs[gi * nr + r] = (unsigned long long)((gi * Ho + r) * Wo * K * fs);
+                        s_offs[gi * nr + r] = (unsigned long long)((gi * srows + r) * Wp * C * fs);
+                    }
+                }
+                const float *dyb = dy + (b0 * Ho + r0) * Wo * K;
+                if (form == BW_IM2COL) {
+                    for (int64_t gi = 0; gi < gn; gi++)
+                        for (int64_t r = 0; r < nr; r++)
+                            im2col_row(col + (gi * nr + r) * TC * Wo, s + gi * srows * Wp * C, g, r);
+                    fn.strd(dyb, col, pw, &count);
+                } else {
+                    for (int64_t t = 0; t < T; t++) {
+                        const float *st = s + ((t / g->KW) * Wp + t % g->KW) * C;
+                        if (form == BW_ROWS)
+                            fn.offs(dyb, st, pw + t * C * K, &count, dy_offs, s_offs);
+                        else
+                            fn.offs(st, dyb, pw + t * K * C, &count, s_offs, dy_offs);
+                    }
+                }
+                /* The item's dY is contiguous: one image's row block, or whole images. */
+                if (db)
+                    for (int64_t p = 0; p < gn * nr * Wo; p++)
+                        for (int64_t k = 0; k < K; k++) pb[k] += dyb[p * K + k];
+            }
+        }
+    }
+    reduce_partials(dw, db, part, nt, per, g, mask, form == BW_TRANSPOSED);
+    return true;
+}
