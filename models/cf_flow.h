@@ -1,0 +1,215 @@
+/* cf_flow.h: flow layers, flows declared as a sequence of layers, and the CInC, Glow and
+ * Emerging model builders.
+ *
+ * A flow layer is a small vtable (cf_layer_vtable): forward records on the tape and maps x to
+ * z while adding its log|det| to the per-image log-det; inverse runs off the tape and maps z
+ * back to x; the layer's parameters and state are listed in its base struct (the parameter
+ * walk), each a named tensor of the flow's cf_params set ("levels.0.steps.3.conv.weight").
+ *
+ * Everything a layer passes along travels in a cf_flow_io: the current tensor x, the per-image
+ * log-det and the log-density of latents already factored out, and the list of latents. Split
+ * layers factor half the channels out (forward: push a latent and add its log-density under a
+ * learned conditional prior; inverse: pop it, or draw it from that prior at a temperature).
+ *
+ * A flow is declared once (cf_flow_new for the built-in models, or cf_flow_empty plus
+ * cf_flow_add for your own architecture) and reused every step:
+ *
+ *     cf_flow *flow = cf_flow_new(&(cf_flow_config){.height = 28, .width = 28, .channels = 1,
+ *                                 .levels = 2, .depth = 8, .hidden = 128}, CF_F32);
+ *     cf_tensor *bpd = cf_flow_bpd(flow, ctx, x);   // x dequantized: x/256 - 0.5 + U(0, 1/256)
+ *     cf_backward(ctx, bpd);
+ *
+ * The model follows Glow (Kingma and Dhariwal 2018): L levels, each a squeeze, K steps of
+ * actnorm, an invertible convolution and a coupling, then (but for the last level) a split;
+ * the last level's output has a learned prior. Its CInC variant (Nagar et al. 2021) uses the
+ * masked 3x3 convolution of cf_conv.h as the invertible convolution and may use quad
+ * coupling. Conventions as in Glow: squeeze order c*4 + dy*2 + dx, scales sigmoid(l + 2),
+ * zero-initialised output convolutions scaled by exp(3 logs), actnorm's data-dependent
+ * initialisation on the first batch it sees (its "initialized" flag is state, saved with the
+ * parameters). One convention differs in form only: the conditional priors' zero-initialised
+ * convolutions give the mean in their first half of channels and the log-scale in the second
+ * (Glow interleaves them); both are learned from zero, so the model family is the same.
+ *
+ * Not here: data loading and dequantization of 8-bit images (io/), training loops (examples/).
+ */
+#ifndef CF_FLOW_H
+#define CF_FLOW_H
+
+#include <stdio.h>
+
+#include "cf_conv.h"
+#include "cf_ops.h"
+#include "cf_params.h"
+#include "cf_rng.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CF_FLOW_MAX_LATENTS 16
+#define CF_LAYER_MAX_TENSORS 64
+#define CF_NAME_MAX 96
+
+/* What layers pass along. Forward fills logdet, logp and latents; inverse consumes latents. */
+typedef struct cf_flow_io {
+    cf_tensor *x;      /* (B, H, W, C): the current tensor */
+    cf_tensor *logdet; /* (B): sum of the layers' log|det dz/dx| so far (forward) */
+    cf_tensor *logp;   /* (B): log-density of the latents factored out so far (forward) */
+    int n_latents;
+    cf_tensor *latents[CF_FLOW_MAX_LATENTS]; /* forward: appended, in order of factoring out;
+                                              * inverse: taken from the end; when none is left a
+                                              * layer draws its latent from its prior */
+    double temperature; /* inverse: standard deviations of drawn latents are scaled by this */
+    cf_rng *rng;        /* inverse: draws latents; needed only when some are drawn */
+    int64_t batch;      /* inverse: images to draw when no tensor gives the batch size */
+} cf_flow_io;
+
+typedef struct cf_layer cf_layer;
+
+typedef struct cf_layer_vtable {
+    const char *kind; /* "actnorm", "cinc_conv", "quad_coupling", ... */
+    /* Forward on the tape: replaces io->x by the layer's output and adds to io->logdet
+     * (and io->logp, io->latents for priors). Failures are also the context's status. */
+    cf_status (*forward)(cf_layer *self, cf_ctx *ctx, cf_flow_io *io);
+    /* Inverse, with grad recording off: replaces io->x by the layer's input. */
+    cf_status (*inverse)(cf_layer *self, cf_ctx *ctx, cf_flow_io *io);
+    /* Forward floating-point operations for one image (a multiply-add counts 2). */
+    double (*flops)(const cf_layer *self);
+    /* Frees the layer (not its parameters, which the cf_params set owns). */
+    void (*free)(cf_layer *self);
+} cf_layer_vtable;
+
+/* The base every layer starts with. */
+struct cf_layer {
+    const cf_layer_vtable *vt;
+    char name[CF_NAME_MAX];       /* dotted prefix of its tensors' names */
+    int64_t in_shape[3];          /* (H, W, C) of one input image */
+    int64_t out_shape[3];         /* (H, W, C) of one output image */
+    int n_params, n_state;        /* the parameter and state walks: */
+    cf_tensor *params[CF_LAYER_MAX_TENSORS]; /* trainable tensors (borrowed from the set) */
+    cf_tensor *state[CF_LAYER_MAX_TENSORS];  /* saved, untrained tensors */
+    int n_convs;                  /* invertible convolutions applied (1x1, masked) */
+    bool factors_out;             /* touches io->latents and io->logp (split, prior) */
+    int64_t n_learnable;          /* learnable scalars (masked entries excluded) */
+};
+
+/* ---- the layers --------------------------------------------------------------------------
+ * Each constructor registers the layer's tensors in ps under `name`, initialises them (rng),
+ * and returns an owned layer (free with cf_layer_free), or NULL with cf_last_error() naming the
+ * layer and what did not fit. Shapes are (H, W, C) of one image. */
+
+typedef enum cf_coupling_kind {
+    CF_COUPLING_KIND_QUAD = 0, /* the default */
+    CF_COUPLING_KIND_AFFINE = 1,
+} cf_coupling_kind;
+
+typedef enum cf_invconv_kind {
+    CF_INVCONV_KIND_CINC = 0,     /* masked 3x3, CInC (the default) */
+    CF_INVCONV_KIND_1X1 = 1,      /* Glow's LU-parametrised 1x1 */
+    CF_INVCONV_KIND_EMERGING = 2, /* 1x1, then masked causal and anti-causal 2x2 */
+} cf_invconv_kind;
+
+cf_layer *cf_actnorm_layer(cf_params *ps, const char *name, const int64_t shape[3]);
+cf_layer *cf_cinc_conv_layer(cf_params *ps, const char *name, const int64_t shape[3],
+                             cf_rng *rng);
+/* A masked 3x3 conv of any mask kind (CInC's is cf_cinc_conv_layer). */
+cf_layer *cf_masked_conv_layer(cf_params *ps, const char *name, const int64_t shape[3],
+                               cf_conv_mask mask, cf_rng *rng);
+cf_layer *cf_invconv1x1_layer(cf_params *ps, const char *name, const int64_t shape[3],
+                              cf_rng *rng);
+cf_layer *cf_emerging_conv_layer(cf_params *ps, const char *name, const int64_t shape[3],
+                                 cf_rng *rng);
+/* Coupling with networks of `hidden` channels (conv3x3 + actnorm, ReLU, conv1x1 + actnorm,
+ * ReLU, zero-initialised conv3x3 scaled by exp(3 logs)). Quad needs C divisible by 4; affine
+ * C >= 2. */
+cf_layer *cf_coupling_layer(cf_params *ps, const char *name, const int64_t shape[3],
+                            cf_coupling_kind kind, int64_t hidden, cf_rng *rng);
+/* Squeeze: (H, W, C) -> (H/2, W/2, 4C); H and W even. */
+cf_layer *cf_squeeze_layer(const char *name, const int64_t shape[3]);
+/* Split: keeps the first C/2 channels, factors the rest out under a Gaussian whose mean and
+ * log-scale come from a zero-initialised conv3x3 of the kept half. C >= 2. */
+cf_layer *cf_split_layer(cf_params *ps, const char *name, const int64_t shape[3]);
+/* Learned prior on the final tensor: N(mean, exp(logs)) with mean and logs of the image's
+ * shape, zero-initialised. Factors the whole tensor out as the last latent. */
+cf_layer *cf_prior_layer(cf_params *ps, const char *name, const int64_t shape[3]);
+
+/* Generic dispatch. */
+cf_status cf_layer_forward(cf_layer *layer, cf_ctx *ctx, cf_flow_io *io);
+cf_status cf_layer_inverse(cf_layer *layer, cf_ctx *ctx, cf_flow_io *io);
+void cf_layer_free(cf_layer *layer);
+
+/* ---- flows -------------------------------------------------------------------------------- */
+
+/* Zero fields take the defaults of the Fashion-MNIST model: 28 x 28 x 1, L = 2, K = 8,
+ * hidden 128, quad coupling, CInC convolutions. */
+typedef struct cf_flow_config {
+    int64_t height, width, channels; /* input images; 0: 28 x 28 x 1 */
+    int levels;                      /* L; 0: 2 */
+    int depth;                       /* K steps per level; 0: 8 */
+    int64_t hidden;                  /* coupling network width; 0: 128 */
+    cf_coupling_kind coupling;       /* default quad */
+    cf_invconv_kind conv;            /* default CInC */
+    uint64_t seed;                   /* initialisation */
+} cf_flow_config;
+
+typedef struct cf_flow cf_flow;
+
+/* Builds a Glow-style multi-scale flow (see the header comment) with an owned parameter set
+ * of the given dtype; cfg NULL: the defaults. Returns an owned flow (cf_flow_free), or NULL with cf_last_error()
+ * naming the level and the shape that cannot work (odd size at a squeeze, channels not
+ * divisible by 4 for quad coupling, ...). */
+cf_flow *cf_flow_new(const cf_flow_config *cfg, cf_dtype dtype);
+/* An empty flow on images of (H, W, C), for declaring your own architecture: add layers in
+ * order with cf_flow_add, which takes ownership of the layer (and frees it on failure), checks
+ * that it takes the previous layer's output shape, and accepts a failed constructor's NULL
+ * straight away: cf_flow_add(f, cf_actnorm_layer(...)) then returns CF_ERR_ARG and leaves the
+ * constructor's message in cf_last_error(). */
+cf_flow *cf_flow_empty(const int64_t shape[3], cf_dtype dtype);
+cf_status cf_flow_add(cf_flow *flow, cf_layer *layer);
+void cf_flow_free(cf_flow *flow);
+
+cf_params *cf_flow_params(cf_flow *flow); /* borrowed: owned by the flow */
+const cf_flow_config *cf_flow_config_of(const cf_flow *flow);
+int cf_flow_layer_count(const cf_flow *flow);
+cf_layer *cf_flow_layer(cf_flow *flow, int i);
+/* Shape (H, W, C) of the images the flow takes. */
+const int64_t *cf_flow_shape(const cf_flow *flow);
+/* Forward FLOPs per image, summed over layers. */
+double cf_flow_flops(const cf_flow *flow);
+
+/* Memory that does not grow with depth: when on, a training forward keeps on the tape only
+ * each flow step's input (one activation per step) and recomputes the step's forward, on a
+ * tape of its own, during backward; so only one step's coupling-network activations are alive
+ * at a time, for about one more forward pass of compute. Gradients are those of the plain
+ * path (to rounding). Off by default. Steps are the runs of layers between squeezes, splits
+ * and priors, cut into pieces of at most 3 layers. */
+void cf_flow_set_recompute(cf_flow *flow, bool on);
+bool cf_flow_recompute(const cf_flow *flow);
+
+/* Forward on the tape: x (B, H, W, C), dequantized. Returns log p(x) per image (B) (the
+ * latents' log-densities plus the log-determinants), and fills io (may be NULL) with the
+ * latents. NULL on failure (the context's status says why). */
+cf_tensor *cf_flow_log_prob(cf_flow *flow, cf_ctx *ctx, cf_tensor *x, cf_flow_io *io);
+/* Mean bits per dimension of a batch of dequantized 8-bit images (x = k/256 - 0.5 + u):
+ * -(log p(x) - D log 256) / (D ln 2), D = H W C, averaged over the batch; a scalar. */
+cf_tensor *cf_flow_bpd(cf_flow *flow, cf_ctx *ctx, cf_tensor *x);
+/* bits/dim of each image, from log p(x) per image (no averaging). */
+cf_tensor *cf_flow_bpd_per_image(cf_flow *flow, cf_ctx *ctx, cf_tensor *logp);
+
+/* Inverse through every layer, with grad recording off: from io->latents (as forward left
+ * them; missing ones are drawn at io->temperature with io->rng) to images in *x. */
+cf_status cf_flow_decode(cf_flow *flow, cf_ctx *ctx, cf_flow_io *io, cf_tensor **x);
+/* Encodes with grad recording off: io gets every latent. */
+cf_status cf_flow_encode(cf_flow *flow, cf_ctx *ctx, cf_tensor *x, cf_flow_io *io);
+/* Draws n images at temperature T: every latent from its prior. */
+cf_status cf_flow_sample(cf_flow *flow, cf_ctx *ctx, int64_t n, double temperature,
+                         cf_rng *rng, cf_tensor **x);
+
+/* Prints the layer list (name, kind, in and out shapes, parameters) and closes with
+ * "params: N, forward GFLOP/image: F". */
+void cf_flow_print(const cf_flow *flow, FILE *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,56 @@
+/* cf_models_impl.h: helpers shared by the flow layers (not installed). */
+#ifndef CF_MODELS_IMPL_H
+#define CF_MODELS_IMPL_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_flow.h"
+
+/* Fills the base of a layer; returns false (with cf_last_error) if the name is too long. */
+bool cf__layer_init(cf_layer *l, const cf_layer_vtable *vt, const char *name,
+                    const int64_t in[3], const int64_t out[3]);
+/* Registers "<layer name>.<suffix>" as a trainable parameter of the layer; NULL on failure. */
+cf_tensor *cf__layer_param(cf_layer *l, cf_params *ps, const char *suffix, int ndim,
+                           const int64_t *shape);
+/* The same for a state tensor. */
+cf_tensor *cf__layer_state(cf_layer *l, cf_params *ps, const char *suffix, int ndim,
+                           const int64_t *shape);
+
+/* io->logdet += term (a scalar or (B)); creates io->logdet when NULL. */
+cf_status cf__add_logdet(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term);
+/* io->logp += term ((B)); creates io->logp when NULL. */
+cf_status cf__add_logp(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term);
+
+/* Actnorm with data-dependent initialisation: when *initialized is 0, sets bias = -mean and
+ * logs = -log(std + 1e-6) per channel from x's values (over every axis but the channel), and
+ * sets the flag. Then returns actnorm(x, bias, logs), followed by a ReLU when relu is set. */
+cf_tensor *cf__actnorm_apply(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tensor *logs,
+                             cf_tensor *initialized, bool relu);
+
+/* Channels [start, start + count) of x (B, H, W, C), on the tape. */
+cf_tensor *cf__channels(cf_ctx *ctx, cf_tensor *x, int64_t start, int64_t count);
+
+/* Glow's conv2d_zeros: (conv3x3_same(x, weight) + bias) * exp(3 logs), all zero-initialised;
+ * computed as actnorm(conv(x), bias, 3 logs), which is the same expression in one node. */
+typedef struct cf__zero_conv {
+    cf_tensor *weight, *bias, *logs;
+} cf__zero_conv;
+bool cf__zero_conv_init(cf__zero_conv *z, cf_layer *l, cf_params *ps, const char *prefix,
+                        int64_t in_channels, int64_t out_channels);
+cf_tensor *cf__zero_conv_apply(cf_ctx *ctx, const cf__zero_conv *z, cf_tensor *x);
+
+/* FLOPs of a k x k "same" convolution on one H x W image from C to K channels. */
+static inline double cf__conv_flops(int64_t H, int64_t W, int64_t k, int64_t C, int64_t K)
+{
+    return 2.0 * (double)(H * W) * (double)(k * k) * (double)C * (double)K;
+}
+
+/* A draw of N(mean, (exp(logs) * T)^2) per element, off the tape; mean and logs have x's shape
+ * or batch 1. */
+void cf__draw_gaussian(cf_tensor *x, const cf_tensor *mean, const cf_tensor *logs, double T,
+                       cf_rng *rng);
+
+#endif

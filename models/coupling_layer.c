@@ -1,0 +1,171 @@
+/* coupling_layer.c: affine and quad coupling layers (DESIGN.md), each one fused op on the tape
+ * plus its networks.
+ *
+ *   affine: x = [x_a, x_b] (C/2 and C - C/2 channels); h = NN(x_a);
+ *           y = [x_a, (x_b + t) * sigmoid(l + 2)]
+ *   quad:   x = [x_1, x_2, x_3, x_4] (C/4 each); h_1 = NN_1(x_1), h_2 = NN_2([x_1, x_2]),
+ *           h_3 = NN_3([x_1, x_2, x_3]); y_1 = x_1, y_{k+1} = (x_{k+1} + t_k) * sigmoid(l_k + 2)
+ *
+ * (t, l interleaved in h; cf_affine_coupling / cf_quad_coupling do the transform and the
+ * log-det in one node.) The inverse recovers the blocks in order, x_2, then x_3 from NN_2 of
+ * the recovered [x_1, x_2], then x_4.
+ *
+ * Network NN (Glow's): conv3x3 (no bias) + actnorm, ReLU, conv1x1 (no bias) + actnorm, ReLU,
+ * zero-initialised conv3x3 scaled by exp(3 logs). Weights ~ N(0, 0.05); the actnorms take
+ * their data-dependent initialisation on the first batch.
+ * Tensors: <name>.nets.<k>.{conv1.weight, actnorm1.{bias,logs}, conv2.weight,
+ * actnorm2.{bias,logs}, out.{weight,bias,logs}}; state <name>.nets.<k>.actnorm{1,2}.initialized.
+ */
+#include "cf_models_impl.h"
+
+typedef struct coupling_net {
+    cf_tensor *w1, *b1, *s1, *init1;
+    cf_tensor *w2, *b2, *s2, *init2;
+    cf__zero_conv out;
+    int64_t in_channels, out_channels, hidden;
+} coupling_net;
+
+typedef struct coupling_layer {
+    cf_layer base;
+    cf_coupling_kind kind;
+    int n_nets;
+    int64_t block;       /* quad: C/4; affine: C - C/2 (the transformed block) */
+    int64_t first;       /* channels of the first (conditioning) block */
+    coupling_net nets[3];
+} coupling_layer;
+
+static cf_tensor *net_apply(cf_ctx *ctx, const coupling_net *n, cf_tensor *x)
+{
+    cf_tensor *h = cf_conv2d_same(ctx, x, n->w1, NULL);
+    h = cf__actnorm_apply(ctx, h, n->b1, n->s1, n->init1, true);
+    h = cf_conv2d_same(ctx, h, n->w2, NULL);
+    h = cf__actnorm_apply(ctx, h, n->b2, n->s2, n->init2, true);
+    return cf__zero_conv_apply(ctx, &n->out, h);
+}
+
+/* Input channels of network k: the blocks before the one it transforms. */
+static int64_t net_inputs(const coupling_layer *l, int k)
+{
+    return l->first + (int64_t)k * l->block;
+}
+
+static cf_status coupling_forward(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
+{
+    coupling_layer *l = (coupling_layer *)self;
+    cf_tensor *x = io->x, *h[3], *y = NULL, *ld = NULL;
+    for (int k = 0; k < l->n_nets; k++)
+        h[k] = net_apply(ctx, &l->nets[k], cf__channels(ctx, x, 0, net_inputs(l, k)));
+    if (cf_ctx_status(ctx) != CF_OK) return cf_ctx_status(ctx);
+    if (l->kind == CF_COUPLING_KIND_QUAD)
+        cf_quad_coupling(ctx, x, h[0], h[1], h[2], &y, &ld);
+    else
+        cf_affine_coupling(ctx, x, h[0], &y, &ld);
+    io->x = y;
+    return cf__add_logdet(ctx, io, ld);
+}
+
+static cf_status coupling_inverse(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
+{
+    coupling_layer *l = (coupling_layer *)self;
+    cf_tensor *y = io->x;
+    if (!y) return cf_ctx_status(ctx);
+    cf_tensor *x = cf_tensor_new(ctx, y->dtype, y->ndim, y->shape);
+    if (!x) return cf_ctx_status(ctx);
+    cf_tensor_copy(x, y);
+    for (int k = 0; k < l->n_nets; k++) {
+        cf_tensor *h = net_apply(ctx, &l->nets[k], cf__channels(ctx, x, 0, net_inputs(l, k)));
+        if (!h) return cf_ctx_status(ctx);
+        cf_coupling_inverse_block(x, y, h, net_inputs(l, k));
+    }
+    io->x = x;
+    return CF_OK;
+}
+
+static double coupling_flops(const cf_layer *self)
+{
+    const coupling_layer *l = (const coupling_layer *)self;
+    int64_t H = self->in_shape[0], W = self->in_shape[1];
+    double f = 0;
+    for (int k = 0; k < l->n_nets; k++) {
+        const coupling_net *n = &l->nets[k];
+        f += cf__conv_flops(H, W, 3, n->in_channels, n->hidden) +
+             cf__conv_flops(H, W, 1, n->hidden, n->hidden) +
+             cf__conv_flops(H, W, 3, n->hidden, n->out_channels);
+    }
+    return f;
+}
+
+static void coupling_free(cf_layer *self)
+{
+    free(self);
+}
+
+static const cf_layer_vtable affine_vt = {"affine_coupling", coupling_forward,
+                                          coupling_inverse, coupling_flops, coupling_free};
+static const cf_layer_vtable quad_vt = {"quad_coupling", coupling_forward, coupling_inverse,
+                                        coupling_flops, coupling_free};
+
+static bool net_init(coupling_layer *l, cf_params *ps, int k, int64_t cin, int64_t cout,
+                     int64_t hidden, cf_rng *rng)
+{
+    coupling_net *n = &l->nets[k];
+    cf_layer *b = &l->base;
+    char p[64];
+    n->in_channels = cin, n->out_channels = cout, n->hidden = hidden;
+#define NET_PARAM(field, suffix, nd, ...)                                                      \
+    snprintf(p, sizeof p, "nets.%d.%s", k, suffix);                                            \
+    if (!(n->field = cf__layer_param(b, ps, p, nd, (int64_t[]){__VA_ARGS__}))) return false;
+#define NET_STATE(field, suffix)                                                               \
+    snprintf(p, sizeof p, "nets.%d.%s", k, suffix);                                            \
+    if (!(n->field = cf__layer_state(b, ps, p, 0, NULL))) return false;
+    NET_PARAM(w1, "conv1.weight", 4, 3, 3, cin, hidden)
+    NET_PARAM(b1, "actnorm1.bias", 1, hidden)
+    NET_PARAM(s1, "actnorm1.logs", 1, hidden)
+    NET_STATE(init1, "actnorm1.initialized")
+    NET_PARAM(w2, "conv2.weight", 4, 1, 1, hidden, hidden)
+    NET_PARAM(b2, "actnorm2.bias", 1, hidden)
+    NET_PARAM(s2, "actnorm2.logs", 1, hidden)
+    NET_STATE(init2, "actnorm2.initialized")
+#undef NET_PARAM
+#undef NET_STATE
+    snprintf(p, sizeof p, "nets.%d.out", k);
+    if (!cf__zero_conv_init(&n->out, b, ps, p, hidden, cout)) return false;
+    cf_tensor_fill_normal(n->w1, rng, 0, 0.05);
+    cf_tensor_fill_normal(n->w2, rng, 0, 0.05);
+    return true;
+}
+
+cf_layer *cf_coupling_layer(cf_params *ps, const char *name, const int64_t shape[3],
+                            cf_coupling_kind kind, int64_t hidden, cf_rng *rng)
+{
+    int64_t C = shape[2];
+    bool quad = kind == CF_COUPLING_KIND_QUAD;
+    if (quad ? (C < 4 || C % 4) : C < 2) {
+        cf_set_error(CF_ERR_SHAPE, "%s: %s coupling needs %s, but the images have %lld "
+                     "channels", name, quad ? "quad" : "affine",
+                     quad ? "a channel count divisible by 4" : "at least 2 channels",
+                     (long long)C);
+        return NULL;
+    }
+    if (hidden < 1) {
+        cf_set_error(CF_ERR_ARG, "%s: network width %lld (at least 1)", name, (long long)hidden);
+        return NULL;
+    }
+    coupling_layer *l = calloc(1, sizeof *l);
+    if (!l) {
+        cf_set_error(CF_ERR_NOMEM, "%s: out of memory", name);
+        return NULL;
+    }
+    l->kind = kind;
+    l->n_nets = quad ? 3 : 1;
+    l->block = quad ? C / 4 : C - C / 2;
+    l->first = quad ? C / 4 : C / 2;
+    bool ok = cf__layer_init(&l->base, quad ? &quad_vt : &affine_vt, name, shape, shape);
+    for (int k = 0; ok && k < l->n_nets; k++)
+        ok = net_init(l, ps, k, net_inputs(l, k), 2 * l->block, hidden, rng);
+    if (!ok) {
+        free(l);
+        return NULL;
+    }
+    return &l->base;
+}

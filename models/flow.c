@@ -1,0 +1,464 @@
+/* flow.c: a flow as an ordered list of layers, the Glow/CInC/Emerging builder, the objective
+ * (log-likelihood, bits/dim), encoding, decoding and sampling.
+ *
+ * Not here: the layers themselves (one file each), data and dequantization (io/).
+ */
+#include "cf_models_impl.h"
+
+struct cf_flow {
+    cf_flow_config cfg;
+    int64_t shape[3];
+    cf_params *ps;
+    cf_layer **layers;
+    int n_layers, cap_layers;
+    cf_ctx *scratch; /* runs one layer at a time with grad recording off (see run_layers) */
+    bool recompute;  /* keep only step inputs on the tape (see run_segment) */
+    cf_ctx *segment; /* where a step's forward is recomputed during backward */
+};
+
+/* ---- memory that does not grow with depth ----------------------------------------------
+ * A run of layers (a flow step) becomes one node on the tape: its forward runs with grad
+ * recording off in the flow's segment context, and only the outputs (x and the run's
+ * log-det) go to the tape; its backward replays the run with recording on in the segment
+ * context, from a copy of the saved input, and back-propagates the output gradients through
+ * that private tape. Parameter gradients land directly in the flat gradient buffer; the
+ * input's gradient is handed to the outer tape. The op's second input is one parameter of the
+ * run, so the node is recorded even when x needs no gradient (the first step's input). */
+typedef struct segment_attrs {
+    cf_flow *flow;
+    int first, count; /* layers [first, first + count) */
+} segment_attrs;
+
+/* Runs the segment's layers on io in ctx (forward). */
+static cf_status segment_forward(const segment_attrs *a, cf_ctx *ctx, cf_flow_io *io)
+{
+    for (int k = a->first; k < a->first + a->count; k++)
+        if (cf_layer_forward(a->flow->layers[k], ctx, io) != CF_OK) return cf_ctx_status(ctx);
+    return CF_OK;
+}
+
+static cf_status segment_infer(cf_ctx *ctx, const void *attrs, int n_in, cf_tensor *const *in,
+                               cf_shape *out)
+{
+    (void)ctx, (void)n_in;
+    const segment_attrs *a = attrs;
+    const cf_layer *last = a->flow->layers[a->first + a->count - 1];
+    out[0].ndim = 4;
+    out[0].shape[0] = in[0]->shape[0];
+    for (int d = 0; d < 3; d++) out[0].shape[1 + d] = last->out_shape[d];
+    out[1].ndim = 1;
+    out[1].shape[0] = in[0]->shape[0];
+    return CF_OK;
+}
+
+static cf_status segment_fwd(cf_node *n)
+{
+    const segment_attrs *a = n->attrs;
+    cf_ctx *s = a->flow->segment;
+    cf_ctx_reset(s);
+    cf_ctx_set_grad(s, false);
+    cf_ctx_set_kernels(s, cf_ctx_kernels(n->ctx));
+    cf_flow_io io = {.x = n->in[0], .batch = n->in[0]->shape[0]};
+    cf_status st = segment_forward(a, s, &io);
+    if (st == CF_OK) {
+        cf_tensor_copy(n->out[0], io.x);
+        if (io.logdet)
+            cf_tensor_copy(n->out[1], io.logdet);
+        else
+            cf_tensor_fill(n->out[1], 0.0);
+    } else {
+        cf_ctx_fail(n->ctx, st, "%s", cf_ctx_error(s));
+    }
+    cf_ctx_reset(s);
+    return st;
+}
+
+static cf_status segment_bwd(cf_node *n)
+{
+    const segment_attrs *a = n->attrs;
+    cf_ctx *s = a->flow->segment;
+    cf_ctx_reset(s);
+    cf_ctx_set_grad(s, true);
+    cf_ctx_set_kernels(s, cf_ctx_kernels(n->ctx));
+    cf_tensor *x = cf_tensor_new(s, n->in[0]->dtype, n->in[0]->ndim, n->in[0]->shape);
+    if (!x) return cf_ctx_fail(n->ctx, cf_ctx_status(s), "%s", cf_ctx_error(s));
+    cf_tensor_copy(x, n->in[0]);
+    void *dx = cf_node_grad_in(n, 0);
+    cf_node_grad_in(n, 1); /* the parameters' gradients are accumulated by the replay */
+    if (dx) cf_tensor_requires_grad(s, x);
+    cf_flow_io io = {.x = x, .batch = x->shape[0]};
+    cf_status st = segment_forward(a, s, &io);
+    cf_tensor *roots[2] = {io.x, io.logdet};
+    const cf_tensor *seeds[2];
+    cf_tensor g0 = *n->out[0], g1 = *n->out[1];
+    g0.data = n->out[0]->grad, g1.data = n->out[1]->grad;
+    seeds[0] = &g0, seeds[1] = &g1;
+    if (st == CF_OK) st = cf_backward_multi(s, io.logdet ? 2 : 1, roots, seeds, 0);
+    if (st == CF_OK && dx) {
+        cf_tensor d = *n->in[0];
+        d.data = dx;
+        for (int64_t i = 0; i < d.numel; i++)
+            cf_tensor_set(&d, i, cf_tensor_get(&d, i) + cf_buf_get(x->dtype, x->grad, i));
+    }
+    if (st != CF_OK) cf_ctx_fail(n->ctx, st, "%s", cf_ctx_error(s));
+    cf_ctx_reset(s);
+    return st;
+}
+
+static const cf_op_def segment_op = {
+    .name = "flow_segment",
+    .n_inputs = 2,
+    .n_outputs = 2,
+    .attrs_size = sizeof(segment_attrs),
+    .infer = segment_infer,
+    .forward = segment_fwd,
+    .backward = segment_bwd,
+    .doc = "a run of flow layers, recomputed during backward",
+};
+
+/* Applies layers [first, first + count) as one recomputed node. */
+static cf_status run_segment(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, int first, int count)
+{
+    if (!f->segment && !(f->segment = cf_ctx_new(0)))
+        return cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: %s", cf_last_error());
+    cf_tensor *anchor = NULL;
+    for (int k = first; k < first + count && !anchor; k++)
+        if (f->layers[k]->n_params) anchor = f->layers[k]->params[0];
+    if (!anchor) { /* nothing to learn: run the layers on the tape as they are */
+        segment_attrs a = {f, first, count};
+        return segment_forward(&a, ctx, io);
+    }
+    segment_attrs a = {f, first, count};
+    cf_tensor *in[2] = {io->x, anchor}, *out[2];
+    if (cf_op_apply(ctx, &segment_op, 2, in, &a, out) != CF_OK) return cf_ctx_status(ctx);
+    io->x = out[0];
+    return cf__add_logdet(ctx, io, out[1]);
+}
+
+void cf_flow_set_recompute(cf_flow *flow, bool on)
+{
+    flow->recompute = on;
+}
+
+bool cf_flow_recompute(const cf_flow *flow)
+{
+    return flow->recompute;
+}
+
+cf_flow *cf_flow_empty(const int64_t shape[3], cf_dtype dtype)
+{
+    if (shape[0] < 1 || shape[1] < 1 || shape[2] < 1) {
+        cf_set_error(CF_ERR_SHAPE, "flow: image shape %lld x %lld x %lld is empty",
+                     (long long)shape[0], (long long)shape[1], (long long)shape[2]);
+        return NULL;
+    }
+    cf_flow *f = calloc(1, sizeof *f);
+    if (!f || !(f->ps = cf_params_new(dtype))) {
+        free(f);
+        cf_set_error(CF_ERR_NOMEM, "flow: out of memory");
+        return NULL;
+    }
+    for (int d = 0; d < 3; d++) f->shape[d] = shape[d];
+    f->cfg.height = shape[0], f->cfg.width = shape[1], f->cfg.channels = shape[2];
+    return f;
+}
+
+cf_status cf_flow_add(cf_flow *f, cf_layer *layer)
+{
+    /* A NULL layer is a failed constructor call passed straight in (cf_flow_add(f, ctor(...))):
+     * its message stays as the constructor left it. */
+    if (!layer) return CF_ERR_ARG; /* the constructor's failure is cf_last_error() already */
+    const int64_t *prev = f->n_layers ? f->layers[f->n_layers - 1]->out_shape : f->shape;
+    if (memcmp(prev, layer->in_shape, sizeof layer->in_shape) != 0) {
+        cf_status st = cf_set_error(CF_ERR_SHAPE, "flow: layer '%s' takes %lld x %lld x %lld "
+                                    "images but receives %lld x %lld x %lld", layer->name,
+                                    (long long)layer->in_shape[0], (long long)layer->in_shape[1],
+                                    (long long)layer->in_shape[2], (long long)prev[0],
+                                    (long long)prev[1], (long long)prev[2]);
+        cf_layer_free(layer);
+        return st;
+    }
+    if (f->n_layers == f->cap_layers) {
+        int cap = f->cap_layers ? 2 * f->cap_layers : 32;
+        cf_layer **layers = realloc(f->layers, (size_t)cap * sizeof *layers);
+        if (!layers) {
+            cf_layer_free(layer);
+            return cf_set_error(CF_ERR_NOMEM, "flow: out of memory");
+        }
+        f->layers = layers;
+        f->cap_layers = cap;
+    }
+    f->layers[f->n_layers++] = layer;
+    return CF_OK;
+}
+
+void cf_flow_free(cf_flow *f)
+{
+    if (!f) return;
+    for (int i = 0; i < f->n_layers; i++) cf_layer_free(f->layers[i]);
+    free(f->layers);
+    cf_params_free(f->ps);
+    cf_ctx_free(f->scratch);
+    cf_ctx_free(f->segment);
+    free(f);
+}
+
+static cf_flow_config with_defaults(const cf_flow_config *cfg)
+{
+    cf_flow_config c = {0};
+    if (cfg) c = *cfg;
+    if (!c.height) c.height = 28;
+    if (!c.width) c.width = 28;
+    if (!c.channels) c.channels = 1;
+    if (!c.levels) c.levels = 2;
+    if (!c.depth) c.depth = 8;
+    if (!c.hidden) c.hidden = 128;
+    return c;
+}
+
+cf_flow *cf_flow_new(const cf_flow_config *cfg_in, cf_dtype dtype)
+{
+    cf_flow_config cfg = with_defaults(cfg_in);
+    if (cfg.levels < 1 || cfg.levels > CF_FLOW_MAX_LATENTS - 1 || cfg.depth < 1 ||
+        cfg.hidden < 1 || cfg.height < 1 || cfg.width < 1 || cfg.channels < 1) {
+        cf_set_error(CF_ERR_ARG, "flow: levels %d (1 to %d), depth %d, width %lld and image "
+                     "%lld x %lld x %lld must be positive", cfg.levels, CF_FLOW_MAX_LATENTS - 1,
+                     cfg.depth, (long long)cfg.hidden, (long long)cfg.height,
+                     (long long)cfg.width, (long long)cfg.channels);
+        return NULL;
+    }
+    if ((unsigned)cfg.coupling > CF_COUPLING_KIND_AFFINE || (unsigned)cfg.conv > CF_INVCONV_KIND_EMERGING) {
+        cf_set_error(CF_ERR_ARG, "flow: unknown coupling %d or convolution %d",
+                     (int)cfg.coupling, (int)cfg.conv);
+        return NULL;
+    }
+    int64_t shape[3] = {cfg.height, cfg.width, cfg.channels};
+    cf_flow *f = cf_flow_empty(shape, dtype);
+    if (!f) return NULL;
+    f->cfg = cfg;
+    cf_rng rng;
+    cf_rng_seed(&rng, cfg.seed, 0x1a7e);
+    char name[CF_NAME_MAX];
+    cf_status st = CF_OK;
+#define ADD(expr)                                                                              \
+    do {                                                                                       \
+        if (st == CF_OK) {                                                                     \
+            cf_layer *layer_ = (expr);                                                         \
+            st = cf_flow_add(f, layer_);                                                       \
+            if (st == CF_OK) memcpy(shape, layer_->out_shape, sizeof shape);                   \
+        }                                                                                      \
+    } while (0)
+    for (int i = 0; i < cfg.levels && st == CF_OK; i++) {
+        snprintf(name, sizeof name, "levels.%d.squeeze", i);
+        ADD(cf_squeeze_layer(name, shape));
+        for (int j = 0; j < cfg.depth && st == CF_OK; j++) {
+            snprintf(name, sizeof name, "levels.%d.steps.%d.actnorm", i, j);
+            ADD(cf_actnorm_layer(f->ps, name, shape));
+            snprintf(name, sizeof name, "levels.%d.steps.%d.conv", i, j);
+            switch (cfg.conv) {
+            case CF_INVCONV_KIND_CINC: ADD(cf_cinc_conv_layer(f->ps, name, shape, &rng)); break;
+            case CF_INVCONV_KIND_1X1: ADD(cf_invconv1x1_layer(f->ps, name, shape, &rng)); break;
+            case CF_INVCONV_KIND_EMERGING:
+                ADD(cf_emerging_conv_layer(f->ps, name, shape, &rng));
+                break;
+            }
+            snprintf(name, sizeof name, "levels.%d.steps.%d.coupling", i, j);
+            ADD(cf_coupling_layer(f->ps, name, shape, cfg.coupling, cfg.hidden, &rng));
+        }
+        if (i < cfg.levels - 1) {
+            snprintf(name, sizeof name, "levels.%d.split", i);
+            ADD(cf_split_layer(f->ps, name, shape));
+        }
+    }
+    ADD(cf_prior_layer(f->ps, "prior", shape));
+#undef ADD
+    if (st != CF_OK) {
+        /* Say which level failed: layer names start with it. */
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", cf_last_error());
+        cf_set_error(st, "cannot build the %d-level flow on %lld x %lld x %lld images: %s",
+                     cfg.levels, (long long)cfg.height, (long long)cfg.width,
+                     (long long)cfg.channels, msg);
+        cf_flow_free(f);
+        return NULL;
+    }
+    return f;
+}
+
+cf_params *cf_flow_params(cf_flow *f)
+{
+    return f->ps;
+}
+const cf_flow_config *cf_flow_config_of(const cf_flow *f)
+{
+    return &f->cfg;
+}
+int cf_flow_layer_count(const cf_flow *f)
+{
+    return f->n_layers;
+}
+cf_layer *cf_flow_layer(cf_flow *f, int i)
+{
+    CF_ASSERT(i >= 0 && i < f->n_layers, "layer %d of %d", i, f->n_layers);
+    return f->layers[i];
+}
+const int64_t *cf_flow_shape(const cf_flow *f)
+{
+    return f->shape;
+}
+
+double cf_flow_flops(const cf_flow *f)
+{
+    double total = 0;
+    for (int i = 0; i < f->n_layers; i++) total += f->layers[i]->vt->flops(f->layers[i]);
+    return total;
+}
+
+/* A copy of t in ctx's arena (t NULL: NULL). */
+static cf_tensor *keep(cf_ctx *ctx, const cf_tensor *t)
+{
+    if (!t) return NULL;
+    cf_tensor *c = cf_tensor_new(ctx, t->dtype, t->ndim, t->shape);
+    if (c) cf_tensor_copy(c, t);
+    return c;
+}
+
+/* Runs every layer, forward or inverse. With grad recording on (training), all in ctx, on the
+ * tape. With it off (evaluation, encoding, sampling), each layer runs in the flow's scratch
+ * context and only what passes on (x, the running sums, the latents) is copied into ctx before
+ * the scratch is reset: memory stays that of one layer, whatever the depth and batch. */
+static cf_status run_layers(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, bool inverse)
+{
+    if (cf_ctx_grad_enabled(ctx) && f->recompute && !inverse) {
+        for (int k = 0; k < f->n_layers;) {
+            int count = 0;
+            while (k + count < f->n_layers && count < 3 && !f->layers[k + count]->factors_out &&
+                   memcmp(f->layers[k + count]->in_shape, f->layers[k + count]->out_shape,
+                          sizeof f->layers[k]->in_shape) == 0)
+                count++;
+            cf_status st = count ? run_segment(f, ctx, io, k, count)
+                                 : cf_layer_forward(f->layers[k], ctx, io);
+            if (st != CF_OK) return cf_ctx_status(ctx);
+            k += count ? count : 1;
+        }
+        return CF_OK;
+    }
+    if (cf_ctx_grad_enabled(ctx)) {
+        for (int k = 0; k < f->n_layers; k++) {
+            cf_layer *l = f->layers[inverse ? f->n_layers - 1 - k : k];
+            if ((inverse ? cf_layer_inverse(l, ctx, io) : cf_layer_forward(l, ctx, io)) != CF_OK)
+                return cf_ctx_status(ctx);
+        }
+        return CF_OK;
+    }
+    if (!f->scratch && !(f->scratch = cf_ctx_new(0)))
+        return cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: %s", cf_last_error());
+    cf_ctx *s = f->scratch;
+    cf_ctx_set_grad(s, false);
+    cf_ctx_set_kernels(s, cf_ctx_kernels(ctx));
+    for (int k = 0; k < f->n_layers; k++) {
+        cf_layer *l = f->layers[inverse ? f->n_layers - 1 - k : k];
+        cf_ctx_reset(s);
+        int before = io->n_latents;
+        cf_status st = inverse ? cf_layer_inverse(l, s, io) : cf_layer_forward(l, s, io);
+        if (st != CF_OK) {
+            cf_ctx_fail(ctx, st, "%s", cf_ctx_error(s));
+            cf_ctx_reset(s);
+            return st;
+        }
+        io->x = keep(ctx, io->x);
+        io->logdet = keep(ctx, io->logdet);
+        io->logp = keep(ctx, io->logp);
+        for (int i = before; i < io->n_latents; i++) io->latents[i] = keep(ctx, io->latents[i]);
+        if (cf_ctx_status(ctx) != CF_OK) break;
+    }
+    cf_ctx_reset(s);
+    return cf_ctx_status(ctx);
+}
+
+static bool check_input(cf_flow *f, cf_ctx *ctx, const cf_tensor *x)
+{
+    if (!x) return false;
+    if (x->ndim != 4 || x->shape[1] != f->shape[0] || x->shape[2] != f->shape[1] ||
+        x->shape[3] != f->shape[2] || x->dtype != cf_params_dtype(f->ps)) {
+        char d[96];
+        cf_ctx_fail(ctx, CF_ERR_SHAPE, "flow: input %s, expected (B, %lld, %lld, %lld) %s",
+                    cf_tensor_describe(x, d, sizeof d), (long long)f->shape[0],
+                    (long long)f->shape[1], (long long)f->shape[2],
+                    cf_dtype_name(cf_params_dtype(f->ps)));
+        return false;
+    }
+    return true;
+}
+
+cf_tensor *cf_flow_log_prob(cf_flow *f, cf_ctx *ctx, cf_tensor *x, cf_flow_io *io_out)
+{
+    cf_flow_io local = {0}, *io = io_out ? io_out : &local;
+    memset(io, 0, sizeof *io);
+    if (!check_input(f, ctx, x)) return NULL;
+    io->x = x;
+    io->batch = x->shape[0];
+    if (run_layers(f, ctx, io, false) != CF_OK) return NULL;
+    if (!io->logdet) return io->logp;
+    if (!io->logp) return io->logdet;
+    return cf_add(ctx, io->logp, io->logdet);
+}
+
+cf_tensor *cf_flow_bpd_per_image(cf_flow *f, cf_ctx *ctx, cf_tensor *logp)
+{
+    if (!logp) return NULL;
+    double D = (double)(f->shape[0] * f->shape[1] * f->shape[2]);
+    /* -(log p - D log 256) / (D ln 2) = -log p / (D ln 2) + 8 */
+    cf_tensor *eight = cf_tensor_new(ctx, logp->dtype, 0, NULL);
+    if (!eight) return NULL;
+    cf_tensor_set(eight, 0, 8.0);
+    return cf_add(ctx, cf_scale(ctx, logp, -1.0 / (D * M_LN2)), eight);
+}
+
+cf_tensor *cf_flow_bpd(cf_flow *f, cf_ctx *ctx, cf_tensor *x)
+{
+    return cf_mean_all(ctx, cf_flow_bpd_per_image(f, ctx, cf_flow_log_prob(f, ctx, x, NULL)));
+}
+
+cf_status cf_flow_encode(cf_flow *f, cf_ctx *ctx, cf_tensor *x, cf_flow_io *io)
+{
+    bool old = cf_ctx_set_grad(ctx, false);
+    cf_flow_log_prob(f, ctx, x, io);
+    cf_ctx_set_grad(ctx, old);
+    return cf_ctx_status(ctx);
+}
+
+cf_status cf_flow_decode(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, cf_tensor **x)
+{
+    *x = NULL;
+    io->x = NULL;
+    bool old = cf_ctx_set_grad(ctx, false);
+    cf_status st = run_layers(f, ctx, io, true);
+    cf_ctx_set_grad(ctx, old);
+    *x = io->x;
+    return st;
+}
+
+cf_status cf_flow_sample(cf_flow *f, cf_ctx *ctx, int64_t n, double temperature, cf_rng *rng,
+                         cf_tensor **x)
+{
+    cf_flow_io io = {.temperature = temperature, .rng = rng, .batch = n};
+    if (n < 1) return cf_ctx_fail(ctx, CF_ERR_ARG, "flow: cannot sample %lld images", (long long)n);
+    return cf_flow_decode(f, ctx, &io, x);
+}
+
+void cf_flow_print(const cf_flow *f, FILE *out)
+{
+    int64_t total = 0;
+    for (int i = 0; i < f->n_layers; i++) {
+        const cf_layer *l = f->layers[i];
+        fprintf(out, "%-36s %-16s %3lldx%-3lldx%-4lld -> %3lldx%-3lldx%-4lld params %lld\n",
+                l->name, l->vt->kind, (long long)l->in_shape[0], (long long)l->in_shape[1],
+                (long long)l->in_shape[2], (long long)l->out_shape[0],
+                (long long)l->out_shape[1], (long long)l->out_shape[2],
+                (long long)l->n_learnable);
+        total += l->n_learnable;
+    }
+    fprintf(out, "params: %lld, forward GFLOP/image: %.3f\n", (long long)total,
+            cf_flow_flops(f) / 1e9);
+}

@@ -1,0 +1,157 @@
+/* layer.c: what every flow layer shares: the base struct, tensor registration, the running
+ * log-det and log-density, actnorm's data-dependent initialisation, Glow's zero-initialised
+ * convolution, and drawing latents. */
+#include "cf_models_impl.h"
+
+bool cf__layer_init(cf_layer *l, const cf_layer_vtable *vt, const char *name,
+                    const int64_t in[3], const int64_t out[3])
+{
+    l->vt = vt;
+    if (!name || strlen(name) >= CF_NAME_MAX - 32) {
+        cf_set_error(CF_ERR_ARG, "layer name '%s' is empty or too long (at most %d characters)",
+                     name ? name : "", CF_NAME_MAX - 32);
+        return false;
+    }
+    snprintf(l->name, sizeof l->name, "%s", name);
+    for (int d = 0; d < 3; d++) l->in_shape[d] = in[d], l->out_shape[d] = out[d];
+    return true;
+}
+
+static cf_tensor *add_tensor(cf_layer *l, cf_params *ps, const char *suffix, int ndim,
+                             const int64_t *shape, bool trainable)
+{
+    char full[CF_NAME_MAX + 32];
+    snprintf(full, sizeof full, "%s.%s", l->name, suffix);
+    int *count = trainable ? &l->n_params : &l->n_state;
+    CF_ASSERT(*count < CF_LAYER_MAX_TENSORS, "layer '%s' has too many tensors", l->name);
+    cf_tensor *t = trainable ? cf_params_add(ps, full, ndim, shape)
+                             : cf_params_add_state(ps, full, ndim, shape);
+    if (!t) return NULL;
+    (trainable ? l->params : l->state)[(*count)++] = t;
+    if (trainable) l->n_learnable += t->numel;
+    return t;
+}
+
+cf_tensor *cf__layer_param(cf_layer *l, cf_params *ps, const char *suffix, int ndim,
+                           const int64_t *shape)
+{
+    return add_tensor(l, ps, suffix, ndim, shape, true);
+}
+
+cf_tensor *cf__layer_state(cf_layer *l, cf_params *ps, const char *suffix, int ndim,
+                           const int64_t *shape)
+{
+    return add_tensor(l, ps, suffix, ndim, shape, false);
+}
+
+static cf_status accumulate(cf_ctx *ctx, cf_tensor **acc, cf_tensor *term, int64_t batch)
+{
+    if (!term) return cf_ctx_status(ctx);
+    if (!*acc) {
+        cf_tensor *zero = cf_tensor_new_v(ctx, term->dtype, batch);
+        if (!zero) return cf_ctx_status(ctx);
+        *acc = zero;
+    }
+    *acc = cf_add(ctx, *acc, term);
+    return cf_ctx_status(ctx);
+}
+
+cf_status cf__add_logdet(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term)
+{
+    return accumulate(ctx, &io->logdet, term, io->x ? io->x->shape[0] : io->batch);
+}
+
+cf_status cf__add_logp(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term)
+{
+    return accumulate(ctx, &io->logp, term, io->x ? io->x->shape[0] : io->batch);
+}
+
+cf_tensor *cf__actnorm_apply(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tensor *logs,
+                             cf_tensor *initialized, bool relu)
+{
+    if (!x) return NULL;
+    if (cf_tensor_get(initialized, 0) == 0.0) {
+        int64_t C = bias->numel, P = x->numel / C;
+        for (int64_t c = 0; c < C; c++) {
+            double s = 0, s2 = 0;
+            for (int64_t p = 0; p < P; p++) s += cf_tensor_get(x, p * C + c);
+            double mean = P ? s / (double)P : 0;
+            for (int64_t p = 0; p < P; p++) {
+                double d = cf_tensor_get(x, p * C + c) - mean;
+                s2 += d * d;
+            }
+            double std = P ? sqrt(s2 / (double)P) : 1;
+            cf_tensor_set(bias, c, -mean);
+            cf_tensor_set(logs, c, -log(std + 1e-6));
+        }
+        cf_tensor_set(initialized, 0, 1.0);
+    }
+    return relu ? cf_actnorm_relu(ctx, x, bias, logs) : cf_actnorm(ctx, x, bias, logs);
+}
+
+cf_tensor *cf__channels(cf_ctx *ctx, cf_tensor *x, int64_t start, int64_t count)
+{
+    if (!x) return NULL;
+    int64_t C = x->shape[x->ndim - 1];
+    if (start == 0 && count == C) return x;
+    cf_tensor *parts[3];
+    int64_t sizes[3];
+    int n = 0, want = 0;
+    if (start > 0) sizes[n++] = start;
+    want = n;
+    sizes[n++] = count;
+    if (start + count < C) sizes[n++] = C - start - count;
+    if (cf_split(ctx, x, n, sizes, parts) != CF_OK) return NULL;
+    return parts[want];
+}
+
+bool cf__zero_conv_init(cf__zero_conv *z, cf_layer *l, cf_params *ps, const char *prefix,
+                        int64_t in_channels, int64_t out_channels)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    z->weight = cf__layer_param(l, ps, name, 4, (int64_t[]){3, 3, in_channels, out_channels});
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    z->bias = z->weight ? cf__layer_param(l, ps, name, 1, (int64_t[]){out_channels}) : NULL;
+    snprintf(name, sizeof name, "%s.logs", prefix);
+    z->logs = z->bias ? cf__layer_param(l, ps, name, 1, (int64_t[]){out_channels}) : NULL;
+    return z->logs != NULL;
+}
+
+cf_tensor *cf__zero_conv_apply(cf_ctx *ctx, const cf__zero_conv *z, cf_tensor *x)
+{
+    return cf_actnorm(ctx, cf_conv2d_same(ctx, x, z->weight, NULL), z->bias,
+                      cf_scale(ctx, z->logs, 3.0));
+}
+
+void cf__draw_gaussian(cf_tensor *x, const cf_tensor *mean, const cf_tensor *logs, double T,
+                       cf_rng *rng)
+{
+    CF_ASSERT(rng != NULL, "drawing a latent needs io->rng");
+    int64_t per = x->shape[0] ? x->numel / x->shape[0] : 0;
+    for (int64_t i = 0; i < x->numel; i++) {
+        int64_t k = mean->shape[0] == 1 ? i % per : i;
+        double m = cf_tensor_get(mean, k), s = exp(cf_tensor_get(logs, k));
+        cf_tensor_set(x, i, m + T * s * cf_rng_normal(rng));
+    }
+}
+
+cf_status cf_layer_forward(cf_layer *layer, cf_ctx *ctx, cf_flow_io *io)
+{
+    if (cf_ctx_status(ctx) != CF_OK) return cf_ctx_status(ctx);
+    return layer->vt->forward(layer, ctx, io);
+}
+
+cf_status cf_layer_inverse(cf_layer *layer, cf_ctx *ctx, cf_flow_io *io)
+{
+    if (cf_ctx_status(ctx) != CF_OK) return cf_ctx_status(ctx);
+    bool old = cf_ctx_set_grad(ctx, false);
+    cf_status st = layer->vt->inverse(layer, ctx, io);
+    cf_ctx_set_grad(ctx, old);
+    return st;
+}
+
+void cf_layer_free(cf_layer *layer)
+{
+    if (layer) layer->vt->free(layer);
+}

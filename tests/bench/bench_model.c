@@ -1,0 +1,200 @@
+/* bench_model.c: whole-model figures: `cincflow bench train` (images/s of a training step:
+ * forward, backward and an Adam update) and `cincflow bench sample` (seconds to draw 100
+ * images). Cases: the default Fashion-MNIST model (L=2, K=8, width 128, quad, CInC; batch 64,
+ * 28x28x1) and the paper's CIFAR-10 model (L=3, K=32, width 512, quad, CInC; 32x32x3), both on
+ * synthetic 8-bit images uniformly dequantized.
+ *
+ * The paper model's plain training step would keep far more activations than this machine has
+ * (about 25 GB at batch 64), so its case recomputes each step during backward
+ * (cf_flow_set_recompute); train_fashion_b64_recompute measures what recomputing costs on the
+ * small model. Peak resident memory is printed with each case (the process's, so far).
+ * Not run by the test suite.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "bench_impl.h"
+
+typedef struct model_case {
+    const char *name;
+    cf_flow_config cfg;
+    int64_t batch;  /* training batch, or images drawn */
+    int recompute;  /* training: 0 plain tape, 1 recompute steps in backward, -1 whichever fits */
+} model_case;
+
+static const model_case train_cases[] = {
+    {"train_fashion_b64", {.height = 28, .width = 28, .channels = 1, .levels = 2, .depth = 8,
+                           .hidden = 128, .seed = 1}, 64, 0},
+    {"train_fashion_b64_recompute", {.height = 28, .width = 28, .channels = 1, .levels = 2,
+                                     .depth = 8, .hidden = 128, .seed = 1}, 64, 1},
+    {"train_paper_b64", {.height = 32, .width = 32, .channels = 3, .levels = 3, .depth = 32,
+                         .hidden = 512, .seed = 1}, 64, -1},
+};
+
+static const model_case sample_cases[] = {
+    {"sample_fashion_n100", {.height = 28, .width = 28, .channels = 1, .levels = 2, .depth = 8,
+                             .hidden = 128, .seed = 1}, 100, 0},
+    {"sample_paper_n100", {.height = 32, .width = 32, .channels = 3, .levels = 3, .depth = 32,
+                           .hidden = 512, .seed = 1}, 100, 0},
+};
+
+static double peak_rss_mb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
+static void shape_of(const model_case *c, char *buf, size_t size)
+{
+    snprintf(buf, size, "L=%d K=%d width %lld %lldx%lldx%lld batch %lld", c->cfg.levels,
+             c->cfg.depth, (long long)c->cfg.hidden, (long long)c->cfg.height,
+             (long long)c->cfg.width, (long long)c->cfg.channels, (long long)c->batch);
+}
+
+static void report(const bench_opts *o, const char *name, const char *shape, double median_s,
+                   int repeats, double images, const char *note)
+{
+    double ips = images / median_s;
+    if (o->json)
+        printf("{\"name\": \"%s\", \"shape\": \"%s\", \"threads\": %d, \"median_s\": %.6g, "
+               "\"repeats\": %d, \"images_per_s\": %.4g, \"peak_rss_mb\": %.0f, \"note\": "
+               "\"%s\"}\n", name, shape, o->threads, median_s, repeats, ips, peak_rss_mb(),
+               note ? note : "");
+    else
+        printf("%-28s %-44s threads %d  median %9.4f s  %8.2f images/s  rss %.0f MB%s%s\n", name,
+               shape, o->threads, median_s, ips, peak_rss_mb(), note ? "  " : "", note ? note : "");
+    fflush(stdout);
+}
+
+/* Bytes a plain (tape-keeping) training step of this model needs, roughly: every coupling
+ * network keeps about 8 activations of its width per image, forward values and gradients. */
+static double train_bytes(const cf_flow_config *c, int64_t batch)
+{
+    double acts = 0, H = (double)c->height, W = (double)c->width;
+    for (int l = 0; l < c->levels; l++) {
+        H /= 2, W /= 2;
+        acts += (double)c->depth * 3 * 8 * H * W * (double)c->hidden;
+    }
+    return acts * 4 * (double)batch;
+}
+
+static int run_train(const bench_opts *o, const model_case *c)
+{
+    char shape[128];
+    shape_of(c, shape, sizeof shape);
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    double need = train_bytes(&c->cfg, c->batch), have = (double)pages * (double)page;
+    bool recompute = c->recompute == 1 || (c->recompute < 0 && need > 0.5 * have);
+    cf_flow *flow = cf_flow_new(&c->cfg, CF_F32);
+    if (!flow) {
+        fprintf(stderr, "bench %s: %s\n", c->name, cf_last_error());
+        return 1;
+    }
+    cf_flow_set_recompute(flow, recompute);
+    cf_params *ps = cf_flow_params(flow);
+    cf_adam *opt = cf_adam_new(ps, &(cf_adam_opts){.lr = 1e-4, .clip_norm = 50});
+    cf_ctx *ctx = cf_ctx_new(0);
+    char spec[64];
+    snprintf(spec, sizeof spec, "synthetic:%lldx%lldx%lld:%lld", (long long)c->cfg.height,
+             (long long)c->cfg.width, (long long)c->cfg.channels, (long long)(4 * c->batch));
+    cf_dataset *ds = cf_dataset_open(spec, "train");
+    cf_batcher *b = ds ? cf_batcher_new(ds, &(cf_batcher_opts){.batch = c->batch, .seed = 1}) : NULL;
+    cf_tensor *x = cf_tensor_alloc(CF_F32, 4, (int64_t[]){c->batch, c->cfg.height, c->cfg.width,
+                                                          c->cfg.channels});
+    if (!opt || !ctx || !b || !x) {
+        fprintf(stderr, "bench %s: %s\n", c->name, cf_last_error());
+        return 1;
+    }
+    bool big = c->cfg.hidden >= 512; /* the paper model: a step takes most of a minute */
+    int repeats = big ? (o->repeats < 2 ? o->repeats : 2) : o->repeats, warm = big ? 1 : 2;
+    int status = 0;
+    double *t = malloc((size_t)repeats * sizeof *t);
+    for (int r = 0; r < warm + repeats; r++) {
+        cf_batcher_next(b, x, NULL, NULL);
+        double t0 = bench_now();
+        cf_tensor *bpd = cf_flow_bpd(flow, ctx, x);
+        cf_params_zero_grad(ps);
+        if (cf_backward(ctx, bpd) != CF_OK) {
+            fprintf(stderr, "bench %s: %s\n", c->name, cf_ctx_error(ctx));
+            status = 1;
+            break;
+        }
+        cf_adam_step(opt, NULL);
+        cf_ctx_reset(ctx);
+        if (r >= warm) t[r - warm] = bench_now() - t0;
+    }
+    if (status == 0) {
+        char note[96];
+        snprintf(note, sizeof note, "arena peak %.0f MB%s", (double)cf_ctx_arena_peak(ctx) / 1e6,
+                 recompute ? ", recompute" : "");
+        report(o, c->name, shape, bench_median(t, repeats), repeats, (double)c->batch, note);
+    }
+    free(t);
+    cf_tensor_free(x);
+    cf_batcher_free(b);
+    cf_dataset_free(ds);
+    cf_ctx_free(ctx);
+    cf_adam_free(opt);
+    cf_flow_free(flow);
+    return status;
+}
+
+static int run_sample(const bench_opts *o, const model_case *c)
+{
+    char shape[128];
+    shape_of(c, shape, sizeof shape);
+    cf_flow *flow = cf_flow_new(&c->cfg, CF_F32);
+    cf_ctx *ctx = cf_ctx_new(0);
+    if (!flow || !ctx) {
+        fprintf(stderr, "bench %s: %s\n", c->name, cf_last_error());
+        return 1;
+    }
+    /* Move the networks' zero-initialised output layers off zero, as training would. */
+    cf_rng rng;
+    cf_rng_seed(&rng, 3, 0);
+    cf_params *ps = cf_flow_params(flow);
+    for (int i = 0; i < cf_params_count(ps); i++) {
+        cf_tensor *p = cf_params_at(ps, i);
+        if (strstr(p->name, "out.")) cf_tensor_fill_normal(p, &rng, 0, 0.01);
+    }
+    int repeats = c->cfg.hidden >= 512 ? (o->repeats < 2 ? o->repeats : 2) : o->repeats;
+    int warm = 1, status = 0;
+    double *t = malloc((size_t)repeats * sizeof *t);
+    for (int r = 0; r < warm + repeats; r++) {
+        cf_tensor *x;
+        double t0 = bench_now();
+        if (cf_flow_sample(flow, ctx, c->batch, 0.7, &rng, &x) != CF_OK) {
+            fprintf(stderr, "bench %s: %s\n", c->name, cf_ctx_error(ctx));
+            status = 1;
+            break;
+        }
+        if (r >= warm) t[r - warm] = bench_now() - t0;
+        cf_ctx_reset(ctx);
+    }
+    if (status == 0) report(o, c->name, shape, bench_median(t, repeats), repeats, (double)c->batch, NULL);
+    free(t);
+    cf_ctx_free(ctx);
+    cf_flow_free(flow);
+    return status;
+}
+
+int bench_train(const bench_opts *o)
+{
+    int status = 0;
+    for (size_t i = 0; i < sizeof train_cases / sizeof train_cases[0]; i++)
+        if (bench_selected(o, train_cases[i].name)) status |= run_train(o, &train_cases[i]);
+    return status;
+}
+
+int bench_sample(const bench_opts *o)
+{
+    int status = 0;
+    for (size_t i = 0; i < sizeof sample_cases / sizeof sample_cases[0]; i++)
+        if (bench_selected(o, sample_cases[i].name)) status |= run_sample(o, &sample_cases[i]);
+    return status;
+}
