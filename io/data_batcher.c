@@ -1,0 +1,150 @@
+/* data_batcher.c: shuffled, sharded, dequantized batches over a data set (see cf_data.h).
+ *
+ * Legend: N images in the set, R ranks, S = floor(N / R) images in each rank's slice of an
+ * epoch, B images per batch.
+ *
+ * Epoch e's order is a Fisher-Yates permutation drawn from a generator seeded by (seed, e), so
+ * it is a function of the seed and the epoch alone: every rank computes the same one and takes
+ * positions r S .. r S + S - 1 of it, and restoring a state needs no stored permutation. The
+ * permutation of the current epoch is cached (N indices). Noise comes from a second generator,
+ * seeded by (seed, rank), which is the state's `rng`.
+ *
+ * Not here: partial batches, weighting or class balancing, prefetching on another thread.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_io_impl.h"
+
+/* Salts that keep the permutation and noise streams apart. */
+#define PERM_SALT  0x7065726d75746174ull
+#define NOISE_SALT 0x6e6f697365736565ull
+
+struct cf_batcher {
+    const cf_dataset *ds; /* borrowed */
+    cf_batcher_opts opts; /* n_ranks filled in */
+    int64_t slice;        /* S */
+    int64_t *perm;        /* (N) order of perm_epoch, owned */
+    int64_t perm_epoch;   /* the epoch perm holds; -1 before the first */
+    cf_batcher_state state;
+};
+
+cf_batcher *cf_batcher_new(const cf_dataset *ds, const cf_batcher_opts *opts)
+{
+    CF_ASSERT(ds && opts, "cf_batcher_new: NULL argument");
+    cf_batcher_opts o = *opts;
+    if (o.n_ranks == 0) o.n_ranks = 1;
+    if (o.batch <= 0) {
+        cf_set_error(CF_ERR_ARG, "cf_batcher_new: batch size %lld (must be at least 1)",
+                     (long long)o.batch);
+        return NULL;
+    }
+    if (o.n_ranks < 0 || o.rank < 0 || o.rank >= o.n_ranks) {
+        cf_set_error(CF_ERR_ARG,
+                     "cf_batcher_new: rank %d of %d ranks (expected 0 <= rank < "
+                     "n_ranks)",
+                     o.rank, o.n_ranks);
+        return NULL;
+    }
+    if (o.dequant != CF_DEQUANT_UNIFORM && o.dequant != CF_DEQUANT_MIDPOINT) {
+        cf_set_error(CF_ERR_ARG, "cf_batcher_new: unknown dequantization %d", (int)o.dequant);
+        return NULL;
+    }
+    int64_t slice = ds->count / o.n_ranks;
+    if (slice < o.batch) {
+        cf_set_error(CF_ERR_ARG,
+                     "cf_batcher_new: %s has %lld images, so each of %d ranks gets "
+                     "%lld per epoch, fewer than a batch of %lld",
+                     ds->source, (long long)ds->count, o.n_ranks, (long long)slice,
+                     (long long)o.batch);
+        return NULL;
+    }
+    cf_batcher *b = calloc(1, sizeof *b);
+    int64_t *perm = b ? malloc((size_t)ds->count * sizeof *perm) : NULL;
+    if (!perm) {
+        free(b);
+        cf_set_error(CF_ERR_NOMEM, "cf_batcher_new: out of memory for %lld indices",
+                     (long long)ds->count);
+        return NULL;
+    }
+    b->ds = ds;
+    b->opts = o;
+    b->slice = slice;
+    b->perm = perm;
+    b->perm_epoch = -1;
+    cf_rng_seed(&b->state.rng, o.seed ^ NOISE_SALT, (uint64_t)o.rank);
+    return b;
+}
+
+void cf_batcher_free(cf_batcher *b)
+{
+    if (!b) return;
+    free(b->perm);
+    free(b);
+}
+
+static void make_permutation(cf_batcher *b, int64_t epoch)
+{
+    if (b->perm_epoch == epoch) return;
+    int64_t N = b->ds->count;
+    for (int64_t i = 0; i < N; i++) b->perm[i] = i;
+    if (!b->opts.sequential) {
+        cf_rng r;
+        cf_rng_seed(&r, b->opts.seed ^ PERM_SALT, (uint64_t)epoch);
+        for (int64_t i = N - 1; i > 0; i--) {
+            int64_t j = (int64_t)cf_rng_below(&r, (uint64_t)i + 1);
+            int64_t t = b->perm[i];
+            b->perm[i] = b->perm[j];
+            b->perm[j] = t;
+        }
+    }
+    b->perm_epoch = epoch;
+}
+
+cf_status cf_batcher_next(cf_batcher *b, cf_tensor *x, int *labels, int64_t *indices)
+{
+    int64_t B = b->opts.batch;
+    cf_status st = cf__data_check_batch(b->ds, x, B, "cf_batcher_next");
+    if (st != CF_OK) return st;
+    if (b->state.position + B > b->slice) {
+        b->state.epoch++;
+        b->state.position = 0;
+    }
+    make_permutation(b, b->state.epoch);
+    const int64_t *idx = b->perm + (size_t)b->opts.rank * (size_t)b->slice + b->state.position;
+    cf__data_dequantize(b->ds, idx, B, x, b->opts.dequant, &b->state.rng);
+    for (int64_t i = 0; i < B; i++) {
+        if (labels) labels[i] = cf_dataset_label(b->ds, idx[i]);
+        if (indices) indices[i] = idx[i];
+    }
+    b->state.position += B;
+    return CF_OK;
+}
+
+int64_t cf_batcher_batches_per_epoch(const cf_batcher *b)
+{
+    return b->slice / b->opts.batch;
+}
+
+int64_t cf_batcher_slice_size(const cf_batcher *b)
+{
+    return b->slice;
+}
+
+cf_batcher_state cf_batcher_get_state(const cf_batcher *b)
+{
+    return b->state;
+}
+
+cf_status cf_batcher_set_state(cf_batcher *b, const cf_batcher_state *state)
+{
+    if (state->epoch < 0 || state->position < 0 || state->position > b->slice)
+        return cf_set_error(CF_ERR_ARG,
+                            "cf_batcher_set_state: epoch %lld, position %lld: "
+                            "expected epoch >= 0 and a position from 0 to the "
+                            "slice's %lld images",
+                            (long long)state->epoch, (long long)state->position,
+                            (long long)b->slice);
+    b->state = *state;
+    return CF_OK;
+}
