@@ -4,6 +4,10 @@
  *       checks every registered op (or one) on each of its test cases: backward against
  *       central differences in f64, and the fast f32 kernels against the reference ones.
  *       One line per op, then "N passed, N failed"; exit status 1 if any failed.
+ *   cincflow info [--shape HxWxC] [--levels L] [--depth K] [--width N]
+ *                 [--coupling quad|affine] [--conv cinc|1x1|emerging]
+ *       builds the model and prints its layers, then "params: N, forward GFLOP/image: F".
+ *   cincflow train | eval | sample | interpolate | manipulate   (cli_train.c, cli_eval.c)
  *   cincflow ops      lists the registered ops.
  *   cincflow version  prints the version.
  *
@@ -15,7 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cincflow.h"
+#include "cf_bench.h"
+#include "cli.h"
 
 /* Largest fast-versus-reference difference accepted, relative to the largest reference value:
  * f32 kernels against double-accumulated references on the same f32 inputs. */
@@ -25,8 +30,21 @@ static int usage(FILE *f)
 {
     fprintf(f, "usage: cincflow <command> [options]\n"
                "commands:\n"
+               "  train --data SPEC [--steps N | --epochs N | --minutes M] [options]\n"
+               "                                              train a flow (--help for options)\n"
+               "  eval --checkpoint FILE [--data SPEC] [--split test] [--limit N] [--json]\n"
+               "                                              test bits/dim\n"
+               "  sample --checkpoint FILE -n N --temperature T --out grid.png [--seed S]\n"
+               "                                              draw images into a PNG grid\n"
+               "  interpolate --checkpoint FILE --from I --to J --out strip.png\n"
+               "  manipulate --checkpoint FILE --index I --from-class A --to-class B --out strip.png\n"
                "  gradcheck [--op NAME] [--fast] [--seed N]  check every op's gradient and "
                "fast kernels\n"
+               "  info [--shape HxWxC] [--levels L] [--depth K] [--width N]\n"
+               "       [--coupling quad|affine] [--conv cinc|1x1|emerging]\n"
+               "                                              print a model's layers and size\n"
+               "  bench <conv|inverse> [--json] [--threads N] time the conv kernels (see "
+               "BENCHMARKS.md)\n"
                "  ops                                         list the registered ops\n"
                "  version                                     print the version\n");
     return f == stderr ? 2 : 0;
@@ -135,6 +153,77 @@ static int cmd_gradcheck(int argc, char **argv)
     return failed ? 1 : 0;
 }
 
+/* Parses "HxWxC" into shape; exits 2 naming the flag when it is not that. */
+static void parse_shape(const char *flag, const char *text, int64_t shape[3])
+{
+    long long h, w, c;
+    char tail;
+    if (!text || sscanf(text, "%lldx%lldx%lld%c", &h, &w, &c, &tail) != 3 || h < 1 || w < 1 ||
+        c < 1 || h > 65536 || w > 65536 || c > 4096) {
+        fprintf(stderr, "cincflow: %s expects HxWxC with positive sizes (e.g. 28x28x1), got "
+                        "'%s'\n", flag, text ? text : "");
+        exit(2);
+    }
+    shape[0] = h, shape[1] = w, shape[2] = c;
+}
+
+/* Parses the model flags shared by commands that build a flow; returns the index of the first
+ * argument it did not take, or -1 after printing an error for a bad one. */
+static int parse_model_flags(int argc, char **argv, cf_flow_config *cfg)
+{
+    int64_t shape[3] = {28, 28, 1};
+    int i = 0;
+    for (; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(f, "--shape") == 0) {
+            parse_shape(f, v, shape);
+        } else if (strcmp(f, "--levels") == 0) {
+            cfg->levels = (int)parse_u64(f, v);
+        } else if (strcmp(f, "--depth") == 0) {
+            cfg->depth = (int)parse_u64(f, v);
+        } else if (strcmp(f, "--width") == 0) {
+            cfg->hidden = (int64_t)parse_u64(f, v);
+        } else if (strcmp(f, "--coupling") == 0 && v &&
+                   (strcmp(v, "quad") == 0 || strcmp(v, "affine") == 0)) {
+            cfg->coupling = strcmp(v, "quad") == 0 ? CF_COUPLING_KIND_QUAD : CF_COUPLING_KIND_AFFINE;
+        } else if (strcmp(f, "--conv") == 0 && v &&
+                   (strcmp(v, "cinc") == 0 || strcmp(v, "1x1") == 0 || strcmp(v, "emerging") == 0)) {
+            cfg->conv = strcmp(v, "cinc") == 0  ? CF_INVCONV_KIND_CINC
+                        : strcmp(v, "1x1") == 0 ? CF_INVCONV_KIND_1X1
+                                                : CF_INVCONV_KIND_EMERGING;
+        } else if (strcmp(f, "--coupling") == 0 || strcmp(f, "--conv") == 0) {
+            fprintf(stderr, "cincflow: %s expects %s, got '%s'\n", f,
+                    strcmp(f, "--coupling") == 0 ? "quad or affine" : "cinc, 1x1 or emerging",
+                    v ? v : "");
+            return -1;
+        } else {
+            break;
+        }
+        i++;
+    }
+    cfg->height = shape[0], cfg->width = shape[1], cfg->channels = shape[2];
+    return i;
+}
+
+static int cmd_info(int argc, char **argv)
+{
+    cf_flow_config cfg = {0};
+    int used = parse_model_flags(argc, argv, &cfg);
+    if (used < 0) return 2;
+    if (used < argc) {
+        fprintf(stderr, "cincflow info: unknown flag '%s'\n", argv[used]);
+        return 2;
+    }
+    cf_flow *flow = cf_flow_new(&cfg, CF_F32);
+    if (!flow) {
+        fprintf(stderr, "cincflow info: %s\n", cf_last_error());
+        return 2;
+    }
+    cf_flow_print(flow, stdout);
+    cf_flow_free(flow);
+    return 0;
+}
+
 static int cmd_ops(void)
 {
     for (int i = 0; i < cf_op_count(); i++) {
@@ -149,6 +238,13 @@ int main(int argc, char **argv)
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];
     if (strcmp(cmd, "gradcheck") == 0) return cmd_gradcheck(argc - 2, argv + 2);
+    if (strcmp(cmd, "info") == 0) return cmd_info(argc - 2, argv + 2);
+    if (strcmp(cmd, "train") == 0) return cli_train(argc - 2, argv + 2);
+    if (strcmp(cmd, "eval") == 0) return cli_eval(argc - 2, argv + 2);
+    if (strcmp(cmd, "sample") == 0) return cli_sample(argc - 2, argv + 2);
+    if (strcmp(cmd, "interpolate") == 0) return cli_interpolate(argc - 2, argv + 2);
+    if (strcmp(cmd, "manipulate") == 0) return cli_manipulate(argc - 2, argv + 2);
+    if (strcmp(cmd, "bench") == 0) return cf_bench_main(argc - 2, argv + 2);
     if (strcmp(cmd, "ops") == 0) return cmd_ops();
     if (strcmp(cmd, "version") == 0) {
         printf("cincflow %s\n", CF_VERSION_STRING);

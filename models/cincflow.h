@@ -1,6 +1,7 @@
 /* cincflow.h: the whole public interface of libcincflow in one include.
  *
- * A worked example: a one-layer affine flow on 2-D points, trained by maximum likelihood.
+ * A worked example: a one-layer affine flow on 2-D points, trained by maximum likelihood,
+ * then saved. (The CInC flow itself is one call: cf_flow_new, see cf_flow.h.)
  *
  *     #include <cincflow/cincflow.h>
  *
@@ -23,6 +24,9 @@
  *         cf_adam_step(opt, NULL);
  *         cf_ctx_reset(ctx);                                        // drop the step's tensors
  *     }
+ *     cf_ckpt_meta meta = {.step = 100};
+ *     if (cf_checkpoint_save("affine.h5", ps, opt, &meta) != CF_OK)  // HDF5, h5py-readable
+ *         fprintf(stderr, "%s\n", cf_last_error());
  *     cf_ctx_free(ctx);
  *     cf_adam_free(opt);
  *     cf_params_free(ps);
@@ -49,6 +53,11 @@
 #include "cf_rng.h"
 #include "cf_gradcheck.h"
 #include "cf_ops.h"
+#include "cf_conv.h"
+#include "cf_flow.h"
 #include "cf_optim.h"
+#include "cf_data.h"
+#include "cf_image.h"
+#include "cf_checkpoint.h"
 
 #endif

@@ -1,0 +1,279 @@
+/* cli.c: the flag parser and model helpers shared by the commands (see cli.h). */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+double cli_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Index of value among "a|b|c", or -1. */
+static int choice_index(const char *choices, const char *value)
+{
+    size_t len = strlen(value);
+    int i = 0;
+    for (const char *p = choices; *p; i++) {
+        const char *bar = strchr(p, '|');
+        size_t n = bar ? (size_t)(bar - p) : strlen(p);
+        if (n == len && strncmp(p, value, n) == 0) return i;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return -1;
+}
+
+static int bad(const char *cmd, const char *flag, const char *what, const char *value)
+{
+    fprintf(stderr, "cincflow %s: %s expects %s, got '%s'\n", cmd, flag, what, value ? value : "");
+    return 2;
+}
+
+int cli_parse(const char *cmd, int argc, char **argv, const cli_flag *flags, int n_flags)
+{
+    bool seen[64] = {false};
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) return -1;
+        int k = 0;
+        while (k < n_flags && strcmp(flags[k].name, arg) != 0) k++;
+        if (k == n_flags) {
+            fprintf(stderr, "cincflow %s: unknown flag '%s' (see 'cincflow %s --help')\n", cmd,
+                    arg, cmd);
+            return 2;
+        }
+        const cli_flag *f = &flags[k];
+        if (k < 64 && seen[k]) {
+            fprintf(stderr, "cincflow %s: %s given twice\n", cmd, f->name);
+            return 2;
+        }
+        if (k < 64) seen[k] = true;
+        if (f->kind == CLI_BOOL) {
+            *(bool *)f->dst = true;
+            continue;
+        }
+        const char *v = i + 1 < argc ? argv[++i] : NULL;
+        if (!v) return bad(cmd, f->name, "a value", NULL);
+        char *end = NULL;
+        errno = 0;
+        switch (f->kind) {
+        case CLI_INT: {
+            long long x = strtoll(v, &end, 10);
+            if (!*v || *end || errno || (double)x < f->min || (double)x > f->max) {
+                char what[96];
+                snprintf(what, sizeof what, "an integer from %.0f to %.0f", f->min, f->max);
+                return bad(cmd, f->name, what, v);
+            }
+            *(int64_t *)f->dst = x;
+            break;
+        }
+        case CLI_DOUBLE: {
+            double x = strtod(v, &end);
+            if (!*v || *end || errno || !isfinite(x) || x < f->min || x > f->max) {
+                char what[96];
+                snprintf(what, sizeof what, "a number from %g to %g", f->min, f->max);
+                return bad(cmd, f->name, what, v);
+            }
+            *(double *)f->dst = x;
+            break;
+        }
+        case CLI_STRING:
+            if (!*v) return bad(cmd, f->name, "a non-empty value", v);
+            *(const char **)f->dst = v;
+            break;
+        case CLI_SHAPE: {
+            long long h, w, c;
+            char tail;
+            if (sscanf(v, "%lldx%lldx%lld%c", &h, &w, &c, &tail) != 3 || h < 1 || w < 1 ||
+                c < 1 || h > 16384 || w > 16384 || c > 4)
+                return bad(cmd, f->name, "HxWxC (sides 1 to 16384, 1 to 4 channels)", v);
+            int64_t *s = f->dst;
+            s[0] = h, s[1] = w, s[2] = c;
+            break;
+        }
+        case CLI_CHOICE: {
+            int idx = choice_index(f->choices, v);
+            if (idx < 0) {
+                char what[128];
+                snprintf(what, sizeof what, "one of %s", f->choices);
+                return bad(cmd, f->name, what, v);
+            }
+            *(int *)f->dst = idx;
+            break;
+        }
+        case CLI_BOOL:
+            break;
+        }
+    }
+    return 0;
+}
+
+void cli_usage(FILE *out, const char *cmd, const char *synopsis, const cli_flag *flags,
+               int n_flags)
+{
+    fprintf(out, "usage: cincflow %s %s\n", cmd, synopsis);
+    for (int k = 0; k < n_flags; k++) {
+        const cli_flag *f = &flags[k];
+        char left[64];
+        const char *arg = f->kind == CLI_BOOL     ? ""
+                          : f->kind == CLI_CHOICE ? f->choices
+                          : f->kind == CLI_SHAPE  ? "HxWxC"
+                          : f->kind == CLI_STRING ? "VALUE"
+                                                  : "N";
+        snprintf(left, sizeof left, "%s %s", f->name, arg);
+        fprintf(out, "  %-30s %s\n", left, f->help);
+    }
+}
+
+cli_model cli_model_defaults(void)
+{
+    cli_model m = {.shape = {28, 28, 1}, .levels = 2, .depth = 8, .width = 128};
+    return m;
+}
+
+int cli_model_flags(cli_flag *f, cli_model *m)
+{
+    f[0] = (cli_flag){"--shape", CLI_SHAPE, m->shape, 0, 0, NULL, "image shape (default 28x28x1)"};
+    f[1] = (cli_flag){"--levels", CLI_INT, &m->levels, 1, 8, NULL, "levels L (default 2)"};
+    f[2] = (cli_flag){"--depth", CLI_INT, &m->depth, 1, 256, NULL, "steps per level K (default 8)"};
+    f[3] = (cli_flag){"--width", CLI_INT, &m->width, 1, 4096, NULL,
+                      "coupling network width (default 128)"};
+    f[4] = (cli_flag){"--coupling", CLI_CHOICE, &m->coupling, 0, 0, "quad|affine",
+                      "coupling layer (default quad)"};
+    f[5] = (cli_flag){"--conv", CLI_CHOICE, &m->conv, 0, 0, "cinc|1x1|emerging",
+                      "invertible convolution (default cinc)"};
+    return CLI_MODEL_FLAGS;
+}
+
+cf_flow_config cli_model_config(const cli_model *m)
+{
+    cf_flow_config c = {.height = m->shape[0], .width = m->shape[1], .channels = m->shape[2],
+                        .levels = (int)m->levels, .depth = (int)m->depth, .hidden = m->width,
+                        .coupling = m->coupling ? CF_COUPLING_KIND_AFFINE : CF_COUPLING_KIND_QUAD,
+                        .conv = m->conv == 0   ? CF_INVCONV_KIND_CINC
+                                : m->conv == 1 ? CF_INVCONV_KIND_1X1
+                                               : CF_INVCONV_KIND_EMERGING};
+    return c;
+}
+
+const char *cli_coupling_name(cf_coupling_kind k)
+{
+    return k == CF_COUPLING_KIND_AFFINE ? "affine" : "quad";
+}
+
+const char *cli_conv_name(cf_invconv_kind k)
+{
+    return k == CF_INVCONV_KIND_1X1 ? "1x1" : k == CF_INVCONV_KIND_EMERGING ? "emerging" : "cinc";
+}
+
+double cli_activation_bytes(const cf_flow_config *c, int64_t batch, bool recompute)
+{
+    /* Each coupling network keeps about 8 tensors of its width per image (forward values and
+     * their gradients); a step has 3 networks (quad) or 1 (affine). */
+    double acts = 0, step_max = 0, inputs = 0, H = (double)c->height, W = (double)c->width;
+    double C = (double)c->channels, nets = c->coupling == CF_COUPLING_KIND_AFFINE ? 1 : 3;
+    for (int l = 0; l < c->levels; l++) {
+        H /= 2, W /= 2, C *= 4;
+        double step = nets * 8 * H * W * (double)c->hidden;
+        acts += (double)c->depth * step;
+        inputs += (double)c->depth * 2 * H * W * C;
+        if (step > step_max) step_max = step;
+        C /= 2;
+    }
+    return 4.0 * (double)batch * (recompute ? step_max + inputs : acts + inputs);
+}
+
+bool cli_check_memory(const char *cmd, const cf_flow_config *c, int64_t batch, bool training,
+                      bool recompute)
+{
+    double params = 0, H = (double)c->height, W = (double)c->width;
+    double C = (double)c->channels, w = (double)c->hidden;
+    for (int l = 0; l < c->levels; l++) {
+        H /= 2, W /= 2, C *= 4;
+        params += (double)c->depth * 3 * (9 * C * w + w * w + 9 * w * C + 9 * C * C);
+        C /= 2;
+    }
+    double acts = training ? cli_activation_bytes(c, batch, recompute)
+                           : 4.0 * (double)batch * 16 * H * W * w;
+    double need = params * 4 * (training ? 4 : 1) + acts;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+    if (have > 0 && need > 0.9 * have) {
+        fprintf(stderr, "cincflow %s: this model and batch need about %.1f GB of memory; the "
+                        "machine has %.1f GB (use a smaller --batch, --width or --depth%s)\n",
+                cmd, need / 1e9, have / 1e9, training && !recompute ? ", or --recompute on" : "");
+        return false;
+    }
+    return true;
+}
+
+cf_status cli_config_to_meta(const cf_flow_config *c, cf_ckpt_meta *meta)
+{
+    cf_status st = cf_ckpt_meta_set_string(meta, "model", "glow-multiscale");
+    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "height", c->height);
+    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "width", c->width);
+    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "channels", c->channels);
+    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "levels", c->levels);
+    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "depth", c->depth);
+    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "hidden", c->hidden);
+    if (st == CF_OK) st = cf_ckpt_meta_set_string(meta, "coupling", cli_coupling_name(c->coupling));
+    if (st == CF_OK) st = cf_ckpt_meta_set_string(meta, "conv", cli_conv_name(c->conv));
+    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "seed", (int64_t)c->seed);
+    return st;
+}
+
+cf_status cli_config_from_meta(const cf_ckpt_meta *meta, cf_flow_config *c)
+{
+    int64_t v[7];
+    const char *keys[7] = {"height", "width", "channels", "levels", "depth", "hidden", "seed"};
+    for (int k = 0; k < 7; k++) {
+        cf_status st = cf_ckpt_meta_get_int(meta, keys[k], &v[k]);
+        if (st != CF_OK) return st;
+    }
+    const char *coupling, *conv;
+    cf_status st = cf_ckpt_meta_get_string(meta, "coupling", &coupling);
+    if (st == CF_OK) st = cf_ckpt_meta_get_string(meta, "conv", &conv);
+    if (st != CF_OK) return st;
+    *c = (cf_flow_config){.height = v[0], .width = v[1], .channels = v[2], .levels = (int)v[3],
+                          .depth = (int)v[4], .hidden = v[5], .seed = (uint64_t)v[6]};
+    c->coupling = strcmp(coupling, "affine") == 0 ? CF_COUPLING_KIND_AFFINE : CF_COUPLING_KIND_QUAD;
+    c->conv = strcmp(conv, "1x1") == 0        ? CF_INVCONV_KIND_1X1
+              : strcmp(conv, "emerging") == 0 ? CF_INVCONV_KIND_EMERGING
+                                              : CF_INVCONV_KIND_CINC;
+    if (strcmp(coupling, "affine") && strcmp(coupling, "quad"))
+        return cf_set_error(CF_ERR_FORMAT, "config: coupling '%s' is neither quad nor affine",
+                            coupling);
+    if (strcmp(conv, "cinc") && strcmp(conv, "1x1") && strcmp(conv, "emerging"))
+        return cf_set_error(CF_ERR_FORMAT, "config: conv '%s' is not cinc, 1x1 or emerging", conv);
+    return CF_OK;
+}
+
+cf_flow *cli_load_flow(const char *cmd, const char *path, cf_ckpt_meta *meta)
+{
+    cf_flow_config cfg;
+    cf_status st = cf_checkpoint_read_config(path, meta);
+    if (st == CF_OK) st = cli_config_from_meta(meta, &cfg);
+    if (st != CF_OK) {
+        fprintf(stderr, "cincflow %s: %s: %s\n", cmd, path, cf_last_error());
+        return NULL;
+    }
+    cf_ckpt_meta_clear(meta);
+    cf_flow *flow = cf_flow_new(&cfg, CF_F32);
+    if (!flow) {
+        fprintf(stderr, "cincflow %s: %s: %s\n", cmd, path, cf_last_error());
+        return NULL;
+    }
+    if (cf_checkpoint_load(path, cf_flow_params(flow), NULL, meta) != CF_OK) {
+        fprintf(stderr, "cincflow %s: %s\n", cmd, cf_last_error());
+        cf_flow_free(flow);
+        return NULL;
+    }
+    return flow;
+}

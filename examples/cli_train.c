@@ -1,0 +1,348 @@
+/* cli_train.c: `cincflow train`, maximum-likelihood training of a flow on 8-bit images.
+ *
+ * One step: a batch, uniformly dequantized (x = k/256 - 0.5 + U(0, 1/256)); the mean bits/dim
+ * of the batch as the loss; backward; one optimizer update. Actnorm layers take their
+ * data-dependent initialisation from --init-images images before the first step. A step whose
+ * loss or gradient is not finite changes nothing and is counted; --max-skips of them in a row
+ * stop training with an error, leaving the last checkpoint as it was. SIGINT and SIGTERM
+ * finish the current step, write the checkpoint and exit with status 130.
+ *
+ * --steps is the total number of steps (a resumed run continues up to it), --epochs the total
+ * number of epochs, --minutes the wall-clock budget of this run; training stops at the first
+ * reached. A resumed run restores parameters, optimizer moments, step, data order and noise,
+ * so 2N steps in one run and N + N with a resume end with identical parameters.
+ *
+ * Not here: the model (models/), data and checkpoints (io/).
+ */
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static double peak_rss_mb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
+typedef struct train_opts {
+    const char *data, *checkpoint, *resume, *log;
+    cli_model model;
+    bool shape_given;
+    int optimizer;
+    double lr, clip, minutes, beta1, beta2;
+    int64_t warmup, batch, steps, epochs, seed, checkpoint_every, eval_every, eval_limit;
+    int64_t init_images, max_skips, threads, print_every;
+    int recompute; /* auto, on, off */
+} train_opts;
+
+/* Actnorm's data-dependent initialisation: one forward, grad recording off, on a batch. */
+static cf_status init_actnorm(cf_flow *flow, cf_ctx *ctx, const cf_dataset *ds, int64_t n,
+                              uint64_t seed)
+{
+    int h, w, c;
+    cf_dataset_shape(ds, &h, &w, &c);
+    if (n > cf_dataset_count(ds)) n = cf_dataset_count(ds);
+    cf_batcher *b = cf_batcher_new(ds, &(cf_batcher_opts){.batch = n, .seed = seed ^ 0x1a17});
+    if (!b) return CF_ERR_NOMEM;
+    cf_tensor *x = cf_tensor_new_v(ctx, CF_F32, n, h, w, c);
+    cf_status st = x ? cf_batcher_next(b, x, NULL, NULL) : cf_ctx_status(ctx);
+    cf_batcher_free(b);
+    if (st != CF_OK) return st;
+    bool old = cf_ctx_set_grad(ctx, false);
+    cf_flow_log_prob(flow, ctx, x, NULL);
+    cf_ctx_set_grad(ctx, old);
+    st = cf_ctx_status(ctx);
+    cf_ctx_reset(ctx);
+    return st;
+}
+
+static cf_status save(const char *path, cf_flow *flow, cf_adam *opt, cf_batcher *b,
+                      int64_t step, const char *data)
+{
+    cf_ckpt_meta meta = {0};
+    meta.step = step;
+    meta.epoch = cf_batcher_get_state(b).epoch;
+    meta.has_data_state = true;
+    meta.data_state = cf_batcher_get_state(b);
+    cf_status st = cli_config_to_meta(cf_flow_config_of(flow), &meta);
+    if (st == CF_OK) st = cf_ckpt_meta_set_string(&meta, "data", data);
+    if (st == CF_OK) st = cf_checkpoint_save(path, cf_flow_params(flow), opt, &meta);
+    cf_ckpt_meta_clear(&meta);
+    return st;
+}
+
+static void progress(bool tty, int64_t step, int64_t total, double bpd, double ips, double eta)
+{
+    if (tty) {
+        int width = 24, done = total > 0 ? (int)((double)width * (double)step / (double)total) : 0;
+        char bar[32];
+        for (int i = 0; i < width; i++) bar[i] = i < done ? '#' : '.';
+        bar[width] = '\0';
+        fprintf(stderr, "\r[%s] step %lld", bar, (long long)step);
+        if (total > 0) fprintf(stderr, "/%lld", (long long)total);
+        fprintf(stderr, "  bpd %.4f  %.1f img/s", bpd, ips);
+        if (eta >= 0) fprintf(stderr, "  ETA %dm%02ds", (int)(eta / 60), (int)fmod(eta, 60));
+        fprintf(stderr, "   ");
+        fflush(stderr);
+    } else {
+        printf("step %lld  bpd %.4f  %.1f img/s\n", (long long)step, bpd, ips);
+        fflush(stdout);
+    }
+}
+
+int cli_train(int argc, char **argv)
+{
+    train_opts o = {.data = "fashion-mnist", .model = cli_model_defaults(), .lr = 1e-3,
+                    .clip = 50, .beta1 = 0.9, .beta2 = 0.999, .warmup = 500, .batch = 64,
+                    .seed = 1, .checkpoint_every = 500, .init_images = 512, .max_skips = 20,
+                    .print_every = 50};
+    cli_flag flags[40] = {
+        {"--data", CLI_STRING, &o.data, 0, 0, NULL, "idx:FILE, fashion-mnist, cifar10:DIR, png:DIR or synthetic:HxWxC[:N]"},
+        {"--optimizer", CLI_CHOICE, &o.optimizer, 0, 0, "adam|adamw|adamax", "optimizer (default adam)"},
+        {"--lr", CLI_DOUBLE, &o.lr, 1e-12, 10, NULL, "learning rate (default 1e-3)"},
+        {"--beta1", CLI_DOUBLE, &o.beta1, 0, 0.999999, NULL, "Adam beta1 (default 0.9)"},
+        {"--beta2", CLI_DOUBLE, &o.beta2, 0, 0.999999999, NULL, "Adam beta2 (default 0.999)"},
+        {"--warmup", CLI_INT, &o.warmup, 0, 1e9, NULL, "linear warmup steps (default 500)"},
+        {"--batch", CLI_INT, &o.batch, 1, 65536, NULL, "images per step (default 64)"},
+        {"--clip", CLI_DOUBLE, &o.clip, 0, 1e12, NULL, "gradient-norm clip, 0 for none (default 50)"},
+        {"--steps", CLI_INT, &o.steps, 1, 1e12, NULL, "train up to this step count"},
+        {"--epochs", CLI_INT, &o.epochs, 1, 1e9, NULL, "train up to this many epochs"},
+        {"--minutes", CLI_DOUBLE, &o.minutes, 0.001, 1e7, NULL, "wall-clock budget of this run"},
+        {"--seed", CLI_INT, &o.seed, 0, 9.2e18, NULL, "initialisation, data order and noise (default 1)"},
+        {"--checkpoint", CLI_STRING, &o.checkpoint, 0, 0, NULL, "checkpoint file written periodically and at the end"},
+        {"--checkpoint-every", CLI_INT, &o.checkpoint_every, 1, 1e12, NULL, "steps between checkpoints (default 500)"},
+        {"--resume", CLI_STRING, &o.resume, 0, 0, NULL, "continue from this checkpoint"},
+        {"--log", CLI_STRING, &o.log, 0, 0, NULL, "CSV log, one line per step"},
+        {"--eval-every", CLI_INT, &o.eval_every, 1, 1e12, NULL, "steps between test evaluations"},
+        {"--eval-limit", CLI_INT, &o.eval_limit, 1, 1e12, NULL, "test images per evaluation (default all)"},
+        {"--init-images", CLI_INT, &o.init_images, 1, 1e6, NULL, "images for actnorm's initialisation (default 512)"},
+        {"--max-skips", CLI_INT, &o.max_skips, 1, 1e9, NULL, "non-finite steps in a row before stopping (default 20)"},
+        {"--threads", CLI_INT, &o.threads, 1, 4096, NULL, "threads (default all cores)"},
+        {"--print-every", CLI_INT, &o.print_every, 1, 1e12, NULL, "steps between progress lines when not on a terminal (default 50)"},
+        {"--recompute", CLI_CHOICE, &o.recompute, 0, 0, "auto|on|off", "keep one activation per step and recompute during backward (auto: when activations would pass 4 GB)"},
+    };
+    int n = 23;
+    n += cli_model_flags(flags + n, &o.model);
+    int rc = cli_parse("train", argc, argv, flags, n);
+    if (rc) {
+        if (rc < 0) cli_usage(stdout, "train", "[options]", flags, n);
+        return rc < 0 ? 0 : rc;
+    }
+    for (int i = 0; i < argc; i++) o.shape_given |= strcmp(argv[i], "--shape") == 0;
+    if (!o.steps && !o.epochs && !o.minutes) {
+        fprintf(stderr, "cincflow train: say how long to train: --steps, --epochs or --minutes\n");
+        return 2;
+    }
+    if (o.threads) omp_set_num_threads((int)o.threads);
+
+    cf_dataset *ds = cf_dataset_open(o.data, "train");
+    if (!ds) {
+        fprintf(stderr, "cincflow train: --data %s: %s\n", o.data, cf_last_error());
+        return 1;
+    }
+    cf_dataset *test = o.eval_every ? cf_dataset_open(o.data, "test") : NULL;
+    if (o.eval_every && !test) {
+        fprintf(stderr, "cincflow train: --eval-every needs a test split: %s\n", cf_last_error());
+        cf_dataset_free(ds);
+        return 1;
+    }
+    int h, w, c;
+    cf_dataset_shape(ds, &h, &w, &c);
+    if (o.shape_given && (o.model.shape[0] != h || o.model.shape[1] != w || o.model.shape[2] != c)) {
+        fprintf(stderr, "cincflow train: --shape %lldx%lldx%lld, but --data %s holds %dx%dx%d "
+                        "images\n", (long long)o.model.shape[0], (long long)o.model.shape[1],
+                (long long)o.model.shape[2], o.data, h, w, c);
+        return 2;
+    }
+    o.model.shape[0] = h, o.model.shape[1] = w, o.model.shape[2] = c;
+    cf_flow_config cfg = cli_model_config(&o.model);
+    cfg.seed = (uint64_t)o.seed;
+    cf_ckpt_meta meta = {0};
+    if (o.resume) { /* the model is the checkpoint's */
+        cf_status st = cf_checkpoint_read_config(o.resume, &meta);
+        if (st == CF_OK) st = cli_config_from_meta(&meta, &cfg);
+        cf_ckpt_meta_clear(&meta);
+        if (st != CF_OK) {
+            fprintf(stderr, "cincflow train: --resume %s: %s\n", o.resume, cf_last_error());
+            return 1;
+        }
+    }
+    bool recompute = o.recompute == 1 ||
+                     (o.recompute == 0 && cli_activation_bytes(&cfg, o.batch, false) > 4e9);
+    if (!cli_check_memory("train", &cfg, o.batch, true, recompute)) return 2;
+    cf_flow *flow = cf_flow_new(&cfg, CF_F32);
+    if (!flow) {
+        fprintf(stderr, "cincflow train: %s\n", cf_last_error());
+        return 2;
+    }
+    cf_flow_set_recompute(flow, recompute);
+    cf_adam_opts aopts = {.kind = (cf_optim_kind)o.optimizer, .lr = o.lr, .beta1 = o.beta1,
+                          .beta2 = o.beta2, .warmup_steps = o.warmup, .clip_norm = o.clip};
+    cf_adam *opt = cf_adam_new(cf_flow_params(flow), &aopts);
+    cf_batcher *batcher = cf_batcher_new(ds, &(cf_batcher_opts){.batch = o.batch,
+                                                                .seed = (uint64_t)o.seed});
+    cf_ctx *ctx = cf_ctx_new(0);
+    FILE *log = NULL;
+    int status = 0;
+    int64_t step = 0;
+    if (!opt || !batcher || !ctx) {
+        fprintf(stderr, "cincflow train: %s\n", cf_last_error());
+        status = 1;
+        goto done;
+    }
+    if (o.resume) {
+        if (cf_checkpoint_load(o.resume, cf_flow_params(flow), opt, &meta) != CF_OK ||
+            (meta.has_data_state && cf_batcher_set_state(batcher, &meta.data_state) != CF_OK)) {
+            fprintf(stderr, "cincflow train: --resume: %s\n", cf_last_error());
+            status = 1;
+            goto done;
+        }
+        step = meta.step;
+        printf("resumed %s at step %lld\n", o.resume, (long long)step);
+    } else if (init_actnorm(flow, ctx, ds, o.init_images, (uint64_t)o.seed) != CF_OK) {
+        fprintf(stderr, "cincflow train: initialising actnorm: %s\n", cf_ctx_error(ctx));
+        status = 1;
+        goto done;
+    }
+    if (o.log) {
+        log = fopen(o.log, o.resume ? "a" : "w");
+        if (!log) {
+            fprintf(stderr, "cincflow train: --log %s: cannot open for writing\n", o.log);
+            status = 1;
+            goto done;
+        }
+        if (!o.resume)
+            fprintf(log, "step,epoch,wall_s,train_bpd,lr,grad_norm,skipped,images_per_s,"
+                         "test_bpd,peak_rss_mb\n");
+    }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    bool tty = isatty(STDERR_FILENO);
+    printf("training %s+%s L=%d K=%d width %lld on %s (%lld images of %dx%dx%d): %lld "
+           "parameters%s\n", cli_conv_name(cfg.conv), cli_coupling_name(cfg.coupling), cfg.levels,
+           cfg.depth, (long long)cfg.hidden, o.data, (long long)cf_dataset_count(ds), h, w, c,
+           (long long)cf_params_numel(cf_flow_params(flow)),
+           recompute ? ", recomputing steps in backward" : "");
+    fflush(stdout);
+
+    double t_start = cli_now(), t_last = t_start;
+    int64_t skips_in_row = 0, start_step = step;
+    cf_tensor *x = cf_tensor_alloc(CF_F32, 4, (int64_t[]){o.batch, h, w, c});
+    if (!x) {
+        status = 1;
+        goto done;
+    }
+    for (;;) {
+        double elapsed = cli_now() - t_start;
+        int64_t epoch = cf_batcher_get_state(batcher).epoch;
+        if ((o.steps && step >= o.steps) || (o.epochs && epoch >= o.epochs) ||
+            (o.minutes && elapsed >= 60 * o.minutes) || interrupted)
+            break;
+        if (cf_batcher_next(batcher, x, NULL, NULL) != CF_OK) {
+            fprintf(stderr, "\ncincflow train: %s\n", cf_last_error());
+            status = 1;
+            break;
+        }
+        double t0 = cli_now();
+        cf_tensor *bpd = cf_flow_bpd(flow, ctx, x);
+        cf_params_zero_grad(cf_flow_params(flow));
+        if (cf_backward(ctx, bpd) != CF_OK) {
+            fprintf(stderr, "\ncincflow train: step %lld: %s\n", (long long)step + 1, cf_ctx_error(ctx));
+            status = 1;
+            break;
+        }
+        double loss = cf_tensor_get(bpd, 0);
+        cf_step_info info = {0};
+        bool skipped = !isfinite(loss) || cf_adam_step(opt, &info) != CF_OK;
+        cf_ctx_reset(ctx);
+        if (skipped) {
+            if (!isfinite(loss)) /* the optimizer did not see this step: count it there too */
+                cf_adam_set_counts(opt, cf_adam_step_count(opt), cf_adam_skipped_count(opt) + 1);
+            if (++skips_in_row >= o.max_skips) {
+                fprintf(stderr, "\ncincflow train: stopped after %lld non-finite steps in a row "
+                                "(loss %g)%s%s%s\n", (long long)skips_in_row, loss,
+                        o.checkpoint ? "; the last good checkpoint is " : "",
+                        o.checkpoint ? o.checkpoint : "", o.checkpoint ? ", left as it was" : "");
+                status = 1;
+                break;
+            }
+            continue;
+        }
+        skips_in_row = 0;
+        step++;
+        double now = cli_now(), ips = (double)o.batch / (now - t0);
+        double test_bpd = NAN;
+        if (o.eval_every && step % o.eval_every == 0) {
+            if (cli_eval_bpd(flow, test, o.eval_limit, 256, CF_DEQUANT_UNIFORM, 7, &test_bpd) != CF_OK) {
+                fprintf(stderr, "\ncincflow train: evaluation: %s\n", cf_last_error());
+                status = 1;
+                break;
+            }
+            if (!tty) printf("step %lld  test bpd %.4f\n", (long long)step, test_bpd);
+        }
+        if (log) {
+            fprintf(log, "%lld,%lld,%.3f,%.6f,%.6g,%.6g,%lld,%.2f,", (long long)step,
+                    (long long)cf_batcher_get_state(batcher).epoch, now - t_start, loss, info.lr,
+                    info.grad_norm, (long long)cf_adam_skipped_count(opt), ips);
+            if (isfinite(test_bpd)) fprintf(log, "%.6f", test_bpd);
+            fprintf(log, ",%.1f\n", peak_rss_mb());
+        }
+        if (tty || step % o.print_every == 0 || step == start_step + 1) {
+            double rate = (double)(step - start_step) / (now - t_start), eta = -1;
+            if (o.steps) eta = (double)(o.steps - step) / rate;
+            if (o.minutes) eta = fmax(0, 60 * o.minutes - (now - t_start));
+            if (tty ? now - t_last > 0.2 : true) {
+                progress(tty, step, o.steps, loss, (double)o.batch * rate, eta);
+                t_last = now;
+            }
+        }
+        if (o.checkpoint && step % o.checkpoint_every == 0 &&
+            save(o.checkpoint, flow, opt, batcher, step, o.data) != CF_OK) {
+            fprintf(stderr, "\ncincflow train: %s\n", cf_last_error());
+            status = 1;
+            break;
+        }
+    }
+    if (tty) fprintf(stderr, "\n");
+    if (status == 0 && o.checkpoint) {
+        if (save(o.checkpoint, flow, opt, batcher, step, o.data) != CF_OK) {
+            fprintf(stderr, "cincflow train: %s\n", cf_last_error());
+            status = 1;
+        } else {
+            printf("checkpoint: %s (step %lld)\n", o.checkpoint, (long long)step);
+        }
+    }
+    printf("trained %lld steps in %.1f s (%lld skipped), peak memory %.0f MB\n",
+           (long long)(step - start_step), cli_now() - t_start,
+           (long long)cf_adam_skipped_count(opt), peak_rss_mb());
+    if (interrupted && status == 0) {
+        printf("interrupted: stopped after step %lld\n", (long long)step);
+        status = 130;
+    }
+    cf_tensor_free(x);
+done:
+    if (log) fclose(log);
+    cf_ckpt_meta_clear(&meta);
+    cf_ctx_free(ctx);
+    cf_batcher_free(batcher);
+    cf_adam_free(opt);
+    cf_flow_free(flow);
+    cf_dataset_free(test);
+    cf_dataset_free(ds);
+    return status;
+}
