@@ -19,7 +19,7 @@ for arg in "$@"; do
     esac
 done
 
-extra=()
+extra=(python3-numpy python3-h5py)
 [ $valgrind -eq 1 ] && extra+=(valgrind)
 cf_install_deps "${extra[@]}"
 
