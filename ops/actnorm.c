@@ -69,6 +69,18 @@ static cf_status actnorm_bwd(cf_node *n)
     return cf_ctx_status(n->ctx);
 }
 
+static inline void row_fwd(int64_t C, const float *restrict x, float *restrict y,
+                           const float *restrict bias, const float *restrict scale, bool relu)
+{
+    if (relu)
+        for (int64_t c = 0; c < C; c++) {
+            float v = (x[c] + bias[c]) * scale[c];
+            y[c] = v > 0.0f ? v : 0.0f;
+        }
+    else
+        for (int64_t c = 0; c < C; c++) y[c] = (x[c] + bias[c]) * scale[c];
+}
+
 static cf_status actnorm_fwd_f32(cf_node *n)
 {
     const float *x = n->in[0]->data, *bias = n->in[1]->data, *logs = n->in[2]->data;
@@ -79,18 +91,32 @@ static cf_status actnorm_fwd_f32(cf_node *n)
     for (int64_t c = 0; c < C; c++) scale[c] = expf(logs[c]);
     bool relu = relu_of(n);
 #pragma omp parallel for schedule(static) if (P * C > CF__PAR_MIN)
-    for (int64_t p = 0; p < P; p++) {
-        const float *xp = x + p * C;
-        float *yp = y + p * C;
-        if (relu)
-            for (int64_t c = 0; c < C; c++) {
-                float v = (xp[c] + bias[c]) * scale[c];
-                yp[c] = v > 0.0f ? v : 0.0f;
-            }
-        else
-            for (int64_t c = 0; c < C; c++) yp[c] = (xp[c] + bias[c]) * scale[c];
-    }
+    for (int64_t p = 0; p < P; p++) row_fwd(C, x + p * C, y + p * C, bias, scale, relu);
     return CF_OK;
+}
+
+/* One row of the backward: dx += g' scale, sg += g', sgy += g' y, with g' = g (masked by
+ * y > 0 with the ReLU). restrict and the branches outside the loops let it vectorise. */
+static inline void rows_bwd(int64_t C, const float *restrict g, const float *restrict y,
+                            float *restrict dx, const float *restrict scale, float *restrict sg,
+                            float *restrict sgy, bool relu)
+{
+    if (relu) {
+        for (int64_t c = 0; c < C; c++) {
+            float ge = y[c] > 0.0f ? g[c] : 0.0f;
+            sg[c] += ge;
+            sgy[c] += ge * y[c];
+        }
+        if (dx)
+            for (int64_t c = 0; c < C; c++) dx[c] += (y[c] > 0.0f ? g[c] : 0.0f) * scale[c];
+    } else {
+        for (int64_t c = 0; c < C; c++) {
+            sg[c] += g[c];
+            sgy[c] += g[c] * y[c];
+        }
+        if (dx)
+            for (int64_t c = 0; c < C; c++) dx[c] += g[c] * scale[c];
+    }
 }
 
 /* One pass over the rows: dx, and per-channel sums of g and g*y. Rows are cut into one
@@ -118,16 +144,8 @@ static cf_status actnorm_bwd_f32(cf_node *n)
         for (int64_t p0 = p_begin; p0 < p_end; p0 += 64) {
             int64_t p1 = p0 + 64 < p_end ? p0 + 64 : p_end;
             for (int64_t c = 0; c < C; c++) sg[c] = sgy[c] = 0.0f;
-            for (int64_t p = p0; p < p1; p++) {
-                const float *gp = g + p * C, *yp = y + p * C;
-                float *dxp = dx ? dx + p * C : NULL;
-                for (int64_t c = 0; c < C; c++) {
-                    float ge = relu && !(yp[c] > 0.0f) ? 0.0f : gp[c];
-                    if (dxp) dxp[c] += ge * scale[c];
-                    sg[c] += ge;
-                    sgy[c] += ge * yp[c];
-                }
-            }
+            for (int64_t p = p0; p < p1; p++)
+                rows_bwd(C, g + p * C, y + p * C, dx ? dx + p * C : NULL, scale, sg, sgy, relu);
             if (sums)
                 for (int64_t c = 0; c < C; c++) acc[c] += sg[c], acc[C + c] += sgy[c];
         }
