@@ -331,7 +331,8 @@ void *cf_ctx_alloc(cf_ctx *ctx, size_t bytes, const char *what)
     return p;
 }
 
-cf_tensor *cf__tensor_new_uninit(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape)
+/* Shape checks and the two arena allocations shared by the tensor constructors. */
+static cf_tensor *arena_tensor(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape)
 {
     if (ctx->status != CF_OK) return NULL;
     cf_tensor tmp = {0};
@@ -346,27 +347,21 @@ cf_tensor *cf__tensor_new_uninit(cf_ctx *ctx, cf_dtype dtype, int ndim, const in
     if (!data) return NULL;
     *t = tmp;
     t->data = data;
-    if (ctx->poison) /* NaN everywhere: a kernel that leaves an element unwritten shows */
-        for (int64_t i = 0; i < t->numel; i++) cf_buf_set(dtype, data, i, NAN);
+    return t;
+}
+
+cf_tensor *cf__tensor_new_uninit(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape)
+{
+    cf_tensor *t = arena_tensor(ctx, dtype, ndim, shape);
+    if (t && ctx->poison) /* NaN everywhere: a kernel that leaves an element unwritten shows */
+        for (int64_t i = 0; i < t->numel; i++) cf_buf_set(dtype, t->data, i, NAN);
     return t;
 }
 
 cf_tensor *cf_tensor_new(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape)
 {
-    if (ctx->status != CF_OK) return NULL;
-    cf_tensor tmp = {0};
-    char err[128];
-    if (!set_shape(&tmp, dtype, ndim, shape, err, sizeof err)) {
-        cf_ctx_fail(ctx, CF_ERR_ARG, "cf_tensor_new: %s", err);
-        return NULL;
-    }
-    cf_tensor *t = cf_ctx_alloc(ctx, sizeof *t, "a tensor header");
-    void *data = t ? cf_ctx_alloc(ctx, (size_t)tmp.numel * cf_dtype_size(dtype), "tensor data")
-                   : NULL;
-    if (!data) return NULL;
-    memset(data, 0, (size_t)tmp.numel * cf_dtype_size(dtype));
-    *t = tmp;
-    t->data = data;
+    cf_tensor *t = arena_tensor(ctx, dtype, ndim, shape);
+    if (t) memset(t->data, 0, (size_t)t->numel * cf_dtype_size(dtype));
     return t;
 }
 

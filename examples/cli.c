@@ -132,6 +132,17 @@ void cli_usage(FILE *out, const char *cmd, const char *synopsis, const cli_flag 
     }
 }
 
+int cli_begin(const char *cmd, const char *synopsis, int argc, char **argv, const cli_flag *flags,
+              int n_flags)
+{
+    int rc = cli_parse(cmd, argc, argv, flags, n_flags);
+    if (rc < 0) {
+        cli_usage(stdout, cmd, synopsis, flags, n_flags);
+        return 0;
+    }
+    return rc ? rc : -1;
+}
+
 cli_model cli_model_defaults(void)
 {
     cli_model m = {.shape = {28, 28, 1}, .levels = 2, .depth = 8, .width = 128};

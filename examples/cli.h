@@ -38,6 +38,10 @@ typedef struct cli_flag {
 int cli_parse(const char *cmd, int argc, char **argv, const cli_flag *flags, int n_flags);
 void cli_usage(FILE *out, const char *cmd, const char *synopsis, const cli_flag *flags,
                int n_flags);
+/* cli_parse, then the usage on --help: returns -1 when the command should go on, else the
+ * exit status to return (0 after --help, 2 after a bad flag). */
+int cli_begin(const char *cmd, const char *synopsis, int argc, char **argv, const cli_flag *flags,
+              int n_flags);
 
 /* Model flags (--shape --levels --depth --width --coupling --conv) into a config; the table
  * entries are appended to flags (which must have room for CLI_MODEL_FLAGS more). */

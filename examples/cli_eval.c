@@ -59,11 +59,8 @@ int cli_eval(int argc, char **argv)
         {"--json", CLI_BOOL, &json, 0, 0, NULL, "print one JSON object"},
     };
     int n = (int)(sizeof flags / sizeof flags[0]);
-    int rc = cli_parse("eval", argc, argv, flags, n);
-    if (rc) {
-        if (rc < 0) cli_usage(stdout, "eval", "--checkpoint FILE [options]", flags, n);
-        return rc < 0 ? 0 : rc;
-    }
+    int rc = cli_begin("eval", "--checkpoint FILE [options]", argc, argv, flags, n);
+    if (rc >= 0) return rc;
     if (!ckpt) {
         fprintf(stderr, "cincflow eval: --checkpoint FILE is required\n");
         return 2;
@@ -119,11 +116,8 @@ int cli_sample(int argc, char **argv)
         {"--threads", CLI_INT, &threads, 1, 4096, NULL, "threads (default all cores)"},
     };
     int n = (int)(sizeof flags / sizeof flags[0]);
-    int rc = cli_parse("sample", argc, argv, flags, n);
-    if (rc) {
-        if (rc < 0) cli_usage(stdout, "sample", "--checkpoint FILE [options]", flags, n);
-        return rc < 0 ? 0 : rc;
-    }
+    int rc = cli_begin("sample", "--checkpoint FILE [options]", argc, argv, flags, n);
+    if (rc >= 0) return rc;
     if (!ckpt) {
         fprintf(stderr, "cincflow sample: --checkpoint FILE is required\n");
         return 2;
@@ -242,11 +236,8 @@ int cli_interpolate(int argc, char **argv)
         {"--out", CLI_STRING, &out, 0, 0, NULL, "PNG strip (default interpolation.png)"},
     };
     int n = (int)(sizeof flags / sizeof flags[0]);
-    int rc = cli_parse("interpolate", argc, argv, flags, n);
-    if (rc) {
-        if (rc < 0) cli_usage(stdout, "interpolate", "--checkpoint FILE [options]", flags, n);
-        return rc < 0 ? 0 : rc;
-    }
+    int rc = cli_begin("interpolate", "--checkpoint FILE [options]", argc, argv, flags, n);
+    if (rc >= 0) return rc;
     if (!ckpt) {
         fprintf(stderr, "cincflow interpolate: --checkpoint FILE is required\n");
         return 2;
@@ -297,11 +288,8 @@ int cli_manipulate(int argc, char **argv)
         {"--out", CLI_STRING, &out, 0, 0, NULL, "PNG strip (default manipulation.png)"},
     };
     int n = (int)(sizeof flags / sizeof flags[0]);
-    int rc = cli_parse("manipulate", argc, argv, flags, n);
-    if (rc) {
-        if (rc < 0) cli_usage(stdout, "manipulate", "--checkpoint FILE [options]", flags, n);
-        return rc < 0 ? 0 : rc;
-    }
+    int rc = cli_begin("manipulate", "--checkpoint FILE [options]", argc, argv, flags, n);
+    if (rc >= 0) return rc;
     if (!ckpt) {
         fprintf(stderr, "cincflow manipulate: --checkpoint FILE is required\n");
         return 2;

@@ -138,11 +138,8 @@ int cli_train(int argc, char **argv)
     };
     int n = 23;
     n += cli_model_flags(flags + n, &o.model);
-    int rc = cli_parse("train", argc, argv, flags, n);
-    if (rc) {
-        if (rc < 0) cli_usage(stdout, "train", "[options]", flags, n);
-        return rc < 0 ? 0 : rc;
-    }
+    int rc = cli_begin("train", "[options]", argc, argv, flags, n);
+    if (rc >= 0) return rc;
     for (int i = 0; i < argc; i++) o.shape_given |= strcmp(argv[i], "--shape") == 0;
     if (!o.steps && !o.epochs && !o.minutes) {
         fprintf(stderr, "cincflow train: say how long to train: --steps, --epochs or --minutes\n");
