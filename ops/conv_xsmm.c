@@ -313,22 +313,27 @@ static bool fwd_col2im(cf_node *n, float *y, const float *x, const float *w, con
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < g->B; b++) {
             fn.gemm(wr, x + b * HW * C, col);
-            for (int64_t i = 0; i < Ho; i++)
-                for (int64_t j = 0; j < Wo; j++) {
-                    float *yo = y + ((b * Ho + i) * Wo + j) * K;
-                    if (bias)
-                        for (int64_t k = 0; k < K; k++) yo[k] += bias[k];
-                    for (int64_t kh = 0; kh < g->KH; kh++) {
-                        const int64_t ih = i + kh - g->pt;
-                        if (ih < 0 || ih >= H) continue;
-                        for (int64_t kw = 0; kw < g->KW; kw++) {
-                            const int64_t iw = j + kw - g->pl;
-                            if (iw < 0 || iw >= W) continue;
-                            const float *cv = col + (ih * W + iw) * TK + (kh * g->KW + kw) * K;
-                            for (int64_t k = 0; k < K; k++) yo[k] += cv[k];
-                        }
+            for (int64_t i = 0; i < Ho; i++) {
+                float *yr = y + (b * Ho + i) * Wo * K;
+                if (bias)
+                    for (int64_t j = 0; j < Wo; j++)
+                        for (int64_t k = 0; k < K; k++) yr[j * K + k] += bias[k];
+                /* Tap (kh, kw) adds col's rows of input pixels (ih, j + kw - left), for the
+                 * output columns j whose input column is inside the image. */
+                for (int64_t kh = 0; kh < g->KH; kh++) {
+                    const int64_t ih = i + kh - g->pt;
+                    if (ih < 0 || ih >= H) continue;
+                    for (int64_t kw = 0; kw < g->KW; kw++) {
+                        const int64_t d = kw - g->pl;
+                        const int64_t j0 = d < 0 ? -d : 0, j1 = W - d < Wo ? W - d : Wo;
+                        if (j1 <= j0) continue;
+                        const float *cr = col + (ih * W + j0 + d) * TK + (kh * g->KW + kw) * K;
+                        float *yj = yr + j0 * K;
+                        for (int64_t j = 0; j < j1 - j0; j++)
+                            for (int64_t k = 0; k < K; k++) yj[j * K + k] += cr[j * TK + k];
                     }
                 }
+            }
         }
     }
     return true;
@@ -544,12 +549,14 @@ bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float 
     float *scratch = sper ? cf_node_scratch(n, (size_t)((sper + cper) * nt) * sizeof(float)) : NULL;
     unsigned long long *offs = cf_node_scratch(n, (size_t)(2 * oper * nt) * sizeof *offs);
     if (!part || (sper && !scratch) || !offs) return false;
-    /* Every slice is zeroed: the team may be smaller than nt. */
-    memset(part, 0, (size_t)(per * nt) * sizeof(float));
 #pragma omp parallel num_threads(nt)
     {
         const int tid = omp_get_thread_num();
         float *pw = part + per * tid, *pb = pw + WN;
+        /* Every slice is zeroed, also those of threads missing from a smaller team. */
+        for (int i = tid; i < nt; i += omp_get_num_threads())
+            memset(part + per * i, 0, (size_t)per * sizeof(float));
+#pragma omp barrier
         if (form == BW_1X1) {
             /* Contiguous ranges of full chunks per thread, PIX_GROUP chunks per call; the
              * partial chunk at the end (if any) goes to the last thread. */
