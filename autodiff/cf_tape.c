@@ -82,6 +82,12 @@ cf_status cf_backward_multi(cf_ctx *ctx, int n_roots, cf_tensor *const *roots,
         cf_tensor *root = roots[r];
         const cf_tensor *seed = seeds ? seeds[r] : NULL;
         if (!root->grad && !(root->grad = zeroed_grad(ctx, root))) return ctx->status;
+        if (root->dtype == CF_F32 && (!seed || seed->dtype == CF_F32)) {
+            float *g = root->grad;
+            const float *sv = seed ? seed->data : NULL;
+            for (int64_t i = 0; i < root->numel; i++) g[i] += sv ? sv[i] : 1.0f;
+            continue;
+        }
         for (int64_t i = 0; i < root->numel; i++) {
             double s = seed ? cf_buf_get(seed->dtype, seed->data, i) : 1.0;
             cf_buf_set(root->dtype, root->grad, i, cf_buf_get(root->dtype, root->grad, i) + s);
