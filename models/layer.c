@@ -72,18 +72,35 @@ cf_tensor *cf__actnorm_apply(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tens
     if (!x) return NULL;
     if (cf_tensor_get(initialized, 0) == 0.0) {
         int64_t C = bias->numel, P = x->numel / C;
-        for (int64_t c = 0; c < C; c++) {
-            double s = 0, s2 = 0;
-            for (int64_t p = 0; p < P; p++) s += cf_tensor_get(x, p * C + c);
-            double mean = P ? s / (double)P : 0;
-            for (int64_t p = 0; p < P; p++) {
-                double d = cf_tensor_get(x, p * C + c) - mean;
-                s2 += d * d;
-            }
-            double std = P ? sqrt(s2 / (double)P) : 1;
-            cf_tensor_set(bias, c, -mean);
-            cf_tensor_set(logs, c, -log(std + 1e-6));
+        /* Per-channel mean and variance, rows outer and channels inner (contiguous), summed in
+         * double: shifted by the first row's values so the variance does not cancel. */
+        double *acc = calloc((size_t)(3 * C), sizeof(double));
+        if (!acc) {
+            cf_ctx_fail(ctx, CF_ERR_NOMEM, "actnorm initialisation: out of memory");
+            return NULL;
         }
+        double *shift = acc, *s1 = acc + C, *s2 = acc + 2 * C;
+        for (int64_t c = 0; c < C && P > 0; c++) shift[c] = cf_tensor_get(x, c);
+        if (x->dtype == CF_F32) {
+            const float *v = x->data;
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t c = 0; c < C; c++) {
+                    double d = (double)v[p * C + c] - shift[c];
+                    s1[c] += d, s2[c] += d * d;
+                }
+        } else {
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t c = 0; c < C; c++) {
+                    double d = cf_tensor_get(x, p * C + c) - shift[c];
+                    s1[c] += d, s2[c] += d * d;
+                }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            double m = P ? s1[c] / (double)P : 0, var = P ? s2[c] / (double)P - m * m : 1;
+            cf_tensor_set(bias, c, -(shift[c] + m));
+            cf_tensor_set(logs, c, -log(sqrt(var > 0 ? var : 0) + 1e-6));
+        }
+        free(acc);
         cf_tensor_set(initialized, 0, 1.0);
     }
     return relu ? cf_actnorm_relu(ctx, x, bias, logs) : cf_actnorm(ctx, x, bias, logs);
