@@ -43,7 +43,7 @@ static int usage(FILE *f)
                "  info [--shape HxWxC] [--levels L] [--depth K] [--width N]\n"
                "       [--coupling quad|affine] [--conv cinc|1x1|emerging]\n"
                "                                              print a model's layers and size\n"
-               "  bench <conv|inverse> [--json] [--threads N] time the conv kernels (see "
+               "  bench <conv|inverse|train|sample> [--json] [--threads N]  benchmarks (see "
                "BENCHMARKS.md)\n"
                "  ops                                         list the registered ops\n"
                "  version                                     print the version\n");
