@@ -603,24 +603,34 @@ cf_status cf_checkpoint_save(const char *path, const cf_params *ps, const cf_ada
 
 /* ---- reading attributes ----------------------------------------------------------------- */
 
-/* Reads attribute `name` of loc (`where` in messages) as mtype: its class must be c1 or c2 and
- * it must hold n values. CF_ERR_NOT_FOUND (with a message) when absent. */
-static cf_status read_attr(const char *path, hid_t loc, const char *where, const char *name,
-                           hid_t mtype, H5T_class_t c1, H5T_class_t c2, hssize_t n, void *out)
+/* Opens attribute `name` of loc (`where` in messages) with its type and dataspace; on failure
+ * the ids are -1 (close_id ignores them). CF_ERR_NOT_FOUND (with a message) when absent. */
+static cf_status open_attr(const char *path, hid_t loc, const char *where, const char *name,
+                           hid_t *a, hid_t *type, hid_t *space)
 {
+    *a = *type = *space = -1;
     htri_t exists = H5Aexists(loc, name);
     if (exists < 0)
         return h5_fail(CF_ERR_FORMAT, "%s: cannot read attribute '%s' of %s", path, name, where);
     if (!exists)
         return cf_set_error(CF_ERR_NOT_FOUND, "%s: attribute '%s' of %s is missing", path, name,
                             where);
-    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
-    hid_t type = a < 0 ? -1 : H5Aget_type(a);
-    hid_t space = type < 0 ? -1 : H5Aget_space(a);
-    cf_status st = CF_OK;
-    if (space < 0) {
-        st = h5_fail(CF_ERR_FORMAT, "%s: cannot open attribute '%s' of %s", path, name, where);
-    } else {
+    *a = H5Aopen(loc, name, H5P_DEFAULT);
+    *type = *a < 0 ? -1 : H5Aget_type(*a);
+    *space = *type < 0 ? -1 : H5Aget_space(*a);
+    if (*space < 0)
+        return h5_fail(CF_ERR_FORMAT, "%s: cannot open attribute '%s' of %s", path, name, where);
+    return CF_OK;
+}
+
+/* Reads attribute `name` of loc (`where` in messages) as mtype: its class must be c1 or c2 and
+ * it must hold n values. CF_ERR_NOT_FOUND (with a message) when absent. */
+static cf_status read_attr(const char *path, hid_t loc, const char *where, const char *name,
+                           hid_t mtype, H5T_class_t c1, H5T_class_t c2, hssize_t n, void *out)
+{
+    hid_t a, type, space;
+    cf_status st = open_attr(path, loc, where, name, &a, &type, &space);
+    if (st == CF_OK) {
         H5T_class_t cls = H5Tget_class(type);
         if ((cls != c1 && cls != c2) || H5Sget_simple_extent_npoints(space) != n)
             st = cf_set_error(CF_ERR_FORMAT, "%s: attribute '%s' of %s is not %s", path, name,
@@ -657,19 +667,10 @@ static cf_status read_str(const char *path, hid_t loc, const char *where, const 
                           char **out)
 {
     *out = NULL;
-    htri_t exists = H5Aexists(loc, name);
-    if (exists < 0)
-        return h5_fail(CF_ERR_FORMAT, "%s: cannot read attribute '%s' of %s", path, name, where);
-    if (!exists)
-        return cf_set_error(CF_ERR_NOT_FOUND, "%s: attribute '%s' of %s is missing", path, name,
-                            where);
-    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
-    hid_t type = a < 0 ? -1 : H5Aget_type(a);
-    hid_t space = type < 0 ? -1 : H5Aget_space(a);
-    hid_t mtype = -1;
-    cf_status st = CF_OK;
-    if (space < 0) {
-        st = h5_fail(CF_ERR_FORMAT, "%s: cannot open attribute '%s' of %s", path, name, where);
+    hid_t a, type, space, mtype = -1;
+    cf_status st = open_attr(path, loc, where, name, &a, &type, &space);
+    if (st != CF_OK) {
+        /* reported by open_attr */
     } else if (H5Tget_class(type) != H5T_STRING || H5Sget_simple_extent_npoints(space) != 1) {
         st = cf_set_error(CF_ERR_FORMAT, "%s: attribute '%s' of %s is not a string", path, name,
                           where);

@@ -51,13 +51,20 @@ static cf_status segment_infer(cf_ctx *ctx, const void *attrs, int n_in, cf_tens
     return CF_OK;
 }
 
+/* The flow's segment context, emptied, recording or not, with the caller's kernels. */
+static cf_ctx *segment_ctx(const cf_node *n, bool grad)
+{
+    cf_ctx *s = ((const segment_attrs *)n->attrs)->flow->segment;
+    cf_ctx_reset(s);
+    cf_ctx_set_grad(s, grad);
+    cf_ctx_set_kernels(s, cf_ctx_kernels(n->ctx));
+    return s;
+}
+
 static cf_status segment_fwd(cf_node *n)
 {
     const segment_attrs *a = n->attrs;
-    cf_ctx *s = a->flow->segment;
-    cf_ctx_reset(s);
-    cf_ctx_set_grad(s, false);
-    cf_ctx_set_kernels(s, cf_ctx_kernels(n->ctx));
+    cf_ctx *s = segment_ctx(n, false);
     cf_flow_io io = {.x = n->in[0], .batch = n->in[0]->shape[0]};
     cf_status st = segment_forward(a, s, &io);
     if (st == CF_OK) {
@@ -76,10 +83,7 @@ static cf_status segment_fwd(cf_node *n)
 static cf_status segment_bwd(cf_node *n)
 {
     const segment_attrs *a = n->attrs;
-    cf_ctx *s = a->flow->segment;
-    cf_ctx_reset(s);
-    cf_ctx_set_grad(s, true);
-    cf_ctx_set_kernels(s, cf_ctx_kernels(n->ctx));
+    cf_ctx *s = segment_ctx(n, true);
     cf_tensor *x = cf_tensor_new(s, n->in[0]->dtype, n->in[0]->ndim, n->in[0]->shape);
     if (!x) return cf_ctx_fail(n->ctx, cf_ctx_status(s), "%s", cf_ctx_error(s));
     cf_tensor_copy(x, n->in[0]);
