@@ -2,7 +2,7 @@
 # cmake/deps.sh: installs the Debian packages cincflow needs, only those missing (idempotent).
 # Sourced by tests/run.sh and examples/run.sh; usage: cf_install_deps [extra packages...]
 cf_install_deps() {
-    local pkgs=(cmake make gcc pkg-config libxsmm-dev libopenblas-dev check libsubunit-dev
+    local pkgs=(cmake make gcc libc6-dev pkg-config libxsmm-dev libopenblas-dev check libsubunit-dev
                 libhdf5-dev libpng-dev zlib1g-dev "$@")
     local missing=()
     for p in "${pkgs[@]}"; do
