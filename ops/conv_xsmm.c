@@ -48,6 +48,15 @@ void cf__conv_geom_init(cf__conv_geom *g, const cf_tensor *x, const cf_tensor *w
     g->Ho = g->Hp - g->KH + 1, g->Wo = g->Wp - g->KW + 1;
 }
 
+/* y (n, K) += bias (K) on every row (NULL bias: nothing); the output rows the GEMMs then
+ * accumulate into (beta = 1) start from the bias. */
+static void add_bias(float *y, const float *bias, int64_t n, int64_t K)
+{
+    if (!bias) return;
+    for (int64_t p = 0; p < n; p++)
+        for (int64_t k = 0; k < K; k++) y[p * K + k] += bias[k];
+}
+
 /* ---- kernel cache ----------------------------------------------------------------------- */
 
 #define CACHE_SLOTS 512
@@ -279,9 +288,7 @@ static bool fwd_1x1(float *y, const float *x, const float *w, const float *bias,
     for (int64_t ch = 0; ch < chunks; ch++) {
         const int64_t p0 = ch * PIX_CHUNK, np = ch == chunks - 1 ? tail : PIX_CHUNK;
         float *yc = y + p0 * K;
-        if (bias)
-            for (int64_t p = 0; p < np; p++)
-                for (int64_t k = 0; k < K; k++) yc[p * K + k] += bias[k];
+        add_bias(yc, bias, np, K);
         (ch == chunks - 1 ? last : full).gemm(w, x + p0 * C, yc);
     }
     return true;
@@ -315,9 +322,7 @@ static bool fwd_col2im(cf_node *n, float *y, const float *x, const float *w, con
             fn.gemm(wr, x + b * HW * C, col);
             for (int64_t i = 0; i < Ho; i++) {
                 float *yr = y + (b * Ho + i) * Wo * K;
-                if (bias)
-                    for (int64_t j = 0; j < Wo; j++)
-                        for (int64_t k = 0; k < K; k++) yr[j * K + k] += bias[k];
+                add_bias(yr, bias, Wo, K);
                 /* Tap (kh, kw) adds col's rows of input pixels (ih, j + kw - left), for the
                  * output columns j whose input column is inside the image. */
                 for (int64_t kh = 0; kh < g->KH; kh++) {
@@ -384,9 +389,7 @@ static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, con
                     for (int64_t i = 0; i < Ho; i++)
                         im2col_row(col + (gi * Ho + i) * Wo * TC, s + gi * simg, g, i);
                 }
-                if (bias)
-                    for (int64_t p = 0; p < gn * HWo; p++)
-                        for (int64_t k = 0; k < K; k++) yg[p * K + k] += bias[k];
+                add_bias(yg, bias, gn * HWo, K);
                 (gn == G ? fn : fn_last).gemm(w, col, yg);
                 continue;
             }
@@ -395,9 +398,7 @@ static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, con
             pad_rows(s, x + b * g->H * g->W * C, g, r0, r1 - r0);
             for (int64_t i = r0; i < r1; i++) {
                 float *yr = y + (b * Ho + i) * Wo * K;
-                if (bias)
-                    for (int64_t j = 0; j < Wo; j++)
-                        for (int64_t k = 0; k < K; k++) yr[j * K + k] += bias[k];
+                add_bias(yr, bias, Wo, K);
                 im2col_row(col, s, g, i - r0);
                 fn.gemm(w, col, yr);
             }
@@ -436,9 +437,7 @@ static bool fwd_rows(cf_node *n, float *y, const float *x, const float *w, const
             pad_rows(s, x + b * g->H * g->W * C, g, r0, r1 - r0);
             for (int64_t i = r0; i < r1; i++) {
                 float *yr = y + (b * Ho + i) * Wo * K;
-                if (bias)
-                    for (int64_t j = 0; j < Wo; j++)
-                        for (int64_t k = 0; k < K; k++) yr[j * K + k] += bias[k];
+                add_bias(yr, bias, Wo, K);
                 unsigned long long count = (unsigned long long)T;
                 fn.offs(w, s + (i - r0) * Wp * C, yr, &count, a_offs, b_offs);
             }
