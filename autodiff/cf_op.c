@@ -3,6 +3,7 @@
  *
  * Not here: backward's walk over the tape (cf_tape.c), the ops themselves (ops/).
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,10 +259,13 @@ void *cf_node_scratch(cf_node *n, size_t bytes)
     return cf_ctx_alloc(n->ctx, bytes, n->op->name);
 }
 
-void *cf_node_grad_in(cf_node *n, int i)
+/* Input i's gradient buffer, allocated on first use; *fresh says its contents are undefined
+ * (newly allocated, or not yet written in this backward pass). */
+static void *grad_buffer(cf_node *n, int i, bool *fresh)
 {
     CF_ASSERT(i >= 0 && i < n->n_in, "op '%s' has no input %d", n->op->name, i);
     cf_tensor *t = n->in[i];
+    *fresh = false;
     if (!(t->flags & CF_TENSOR_REQUIRES_GRAD) || (n->op->no_grad_inputs & (1u << i)))
         return NULL;
     n->grad_written |= 1u << i;
@@ -269,9 +273,41 @@ void *cf_node_grad_in(cf_node *n, int i)
         size_t bytes = (size_t)t->numel * cf_dtype_size(t->dtype);
         t->grad = cf_ctx_alloc(n->ctx, bytes, "an activation gradient");
         if (!t->grad) return NULL;
-        memset(t->grad, 0, bytes);
+        *fresh = true;
+    } else if (t->flags & CF_TENSOR_GRAD_UNSET) {
+        *fresh = true;
     }
+    t->flags &= ~CF_TENSOR_GRAD_UNSET;
     return t->grad;
+}
+
+void *cf_node_grad_in(cf_node *n, int i)
+{
+    bool fresh;
+    void *g = grad_buffer(n, i, &fresh);
+    if (g && fresh) memset(g, 0, (size_t)n->in[i]->numel * cf_dtype_size(n->in[i]->dtype));
+    return g;
+}
+
+void *cf_node_grad_in_ex(cf_node *n, int i, bool *overwrite)
+{
+    CF_ASSERT(overwrite != NULL, "cf_node_grad_in_ex: overwrite is NULL");
+    bool fresh;
+    void *g = grad_buffer(n, i, &fresh);
+    *overwrite = false;
+    if (!g || !fresh) return g;
+    const cf_tensor *t = n->in[i];
+    const size_t bytes = (size_t)t->numel * cf_dtype_size(t->dtype);
+    bool aliased = false; /* op(x, x): the other operand's gradient adds into the same buffer */
+    for (int j = 0; j < n->n_in; j++) aliased |= j != i && n->in[j] == t;
+    if (aliased) {
+        memset(g, 0, bytes);
+    } else {
+        *overwrite = true;
+        if (n->ctx->poison)
+            for (int64_t k = 0; k < t->numel; k++) cf_buf_set(t->dtype, g, k, NAN);
+    }
+    return g;
 }
 
 cf_status cf_node_accumulate_grad(cf_node *n, int i, const cf_tensor *g)

@@ -141,6 +141,13 @@ void *cf_node_scratch(cf_node *n, size_t bytes);
 /* In backward: the gradient buffer of input i to add into (same dtype and numel as the
  * input), or NULL when input i requires no gradient. Marks input i's gradient as written. */
 void *cf_node_grad_in(cf_node *n, int i);
+/* The same, for kernels that can either add into the gradient or write it: *overwrite is set
+ * when nothing has been accumulated into the buffer yet (this node is the input's first
+ * consumer in the backward pass, and the input is not also another input of this node), and
+ * then the kernel must WRITE every element (=), not add; its contents are undefined (NaN with
+ * CF_POISON_OUTPUTS=1, so a kernel that skips elements shows). Otherwise it adds, as with
+ * cf_node_grad_in. This saves zeroing the buffer and re-reading the zeros. */
+void *cf_node_grad_in_ex(cf_node *n, int i, bool *overwrite);
 /* In backward: adds a gradient tensor computed by the kernel into input i's gradient; fails
  * with CF_ERR_SHAPE naming the op and both shapes when g does not match input i. */
 cf_status cf_node_accumulate_grad(cf_node *n, int i, const cf_tensor *g);

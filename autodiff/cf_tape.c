@@ -21,6 +21,14 @@ static void *zeroed_grad(cf_ctx *ctx, cf_tensor *t)
     return g;
 }
 
+/* Zeroes a gradient buffer marked unset for this pass and clears the mark. */
+static void clear_unset(cf_tensor *t)
+{
+    if (!(t->flags & CF_TENSOR_GRAD_UNSET)) return;
+    memset(t->grad, 0, (size_t)t->numel * cf_dtype_size(t->dtype));
+    t->flags &= ~CF_TENSOR_GRAD_UNSET;
+}
+
 cf_status cf_backward(cf_ctx *ctx, cf_tensor *loss)
 {
     return cf_backward_ex(ctx, loss, NULL, 0);
@@ -69,19 +77,19 @@ cf_status cf_backward_multi(cf_ctx *ctx, int n_roots, cf_tensor *const *roots,
         if (roots[r]->node && roots[r]->node->index + 1 > end) end = roots[r]->node->index + 1;
     }
     char a[96];
-    /* Activation gradients start from zero on every pass (a retained tape keeps buffers). */
+    /* Activation gradients start from nothing on every pass (a retained tape keeps buffers):
+     * marked unset, they are zeroed or overwritten by their first writer (cf_node_grad_in_ex). */
     for (int k = 0; k < end; k++) {
         cf_node *n = ctx->nodes[k];
         for (int o = 0; o < n->n_out; o++)
-            if (n->out[o]->grad)
-                memset(n->out[o]->grad, 0,
-                       (size_t)n->out[o]->numel * cf_dtype_size(n->out[o]->dtype));
+            if (n->out[o]->grad) n->out[o]->flags |= CF_TENSOR_GRAD_UNSET;
     }
 
     for (int r = 0; r < n_roots; r++) {
         cf_tensor *root = roots[r];
         const cf_tensor *seed = seeds ? seeds[r] : NULL;
         if (!root->grad && !(root->grad = zeroed_grad(ctx, root))) return ctx->status;
+        clear_unset(root);
         if (root->dtype == CF_F32 && (!seed || seed->dtype == CF_F32)) {
             float *g = root->grad;
             const float *sv = seed ? seed->data : NULL;
@@ -97,11 +105,15 @@ cf_status cf_backward_multi(cf_ctx *ctx, int n_roots, cf_tensor *const *roots,
     for (int k = end - 1; k >= 0; k--) {
         cf_node *n = ctx->nodes[k];
         bool any = false;
-        for (int o = 0; o < n->n_out; o++) any |= n->out[o]->grad != NULL;
-        if (!any) continue;
         for (int o = 0; o < n->n_out; o++)
+            any |= n->out[o]->grad != NULL && !(n->out[o]->flags & CF_TENSOR_GRAD_UNSET);
+        if (!any) continue;
+        /* An output nothing consumed gets zeros: backward kernels read every output's gradient. */
+        for (int o = 0; o < n->n_out; o++) {
             if (!n->out[o]->grad && !(n->out[o]->grad = zeroed_grad(ctx, n->out[o])))
                 return ctx->status;
+            clear_unset(n->out[o]);
+        }
         n->grad_written = 0;
         cf_kernel_fn bwd = n->op->backward;
         if (n->fast && n->op->fast[n->in[0]->dtype].backward)
@@ -121,6 +133,9 @@ cf_status cf_backward_multi(cf_ctx *ctx, int n_roots, cf_tensor *const *roots,
                                    cf_tensor_describe(t, a, sizeof a));
         }
     }
+    /* Outputs the pass did not reach keep zeros, as after a pass without the marks. */
+    for (int k = 0; k < end; k++)
+        for (int o = 0; o < ctx->nodes[k]->n_out; o++) clear_unset(ctx->nodes[k]->out[o]);
     if (!(flags & CF_BACKWARD_RETAIN) && end > ctx->consumed) ctx->consumed = ctx->n_nodes;
     return CF_OK;
 }

@@ -42,6 +42,8 @@ enum {
     CF_TENSOR_PARAM = 1u << 1,         /* owned by a cf_params set */
     CF_TENSOR_HEAP = 1u << 2,          /* from cf_tensor_alloc(); free with cf_tensor_free() */
     CF_TENSOR_VIEW = 1u << 3,          /* data borrowed from another tensor (reshape) */
+    CF_TENSOR_GRAD_UNSET = 1u << 4,    /* ->grad is allocated but holds nothing yet this
+                                          backward pass (internal to the tape) */
 };
 
 struct cf_node;
