@@ -95,11 +95,12 @@ static cf_status actnorm_fwd_f32(cf_node *n)
     return CF_OK;
 }
 
-/* One row of the backward: dx += g' scale, sg += g', sgy += g' y, with g' = g (masked by
- * y > 0 with the ReLU). restrict and the branches outside the loops let it vectorise. */
+/* One row of the backward: dx += g' scale (dx = g' scale when set), sg += g', sgy += g' y, with
+ * g' = g (masked by y > 0 with the ReLU). restrict and the branches outside the loops let it
+ * vectorise. */
 static inline void rows_bwd(int64_t C, const float *restrict g, const float *restrict y,
                             float *restrict dx, const float *restrict scale, float *restrict sg,
-                            float *restrict sgy, bool relu)
+                            float *restrict sgy, bool relu, bool set)
 {
     if (relu) {
         for (int64_t c = 0; c < C; c++) {
@@ -107,14 +108,18 @@ static inline void rows_bwd(int64_t C, const float *restrict g, const float *res
             sg[c] += ge;
             sgy[c] += ge * y[c];
         }
-        if (dx)
+        if (dx && set)
+            for (int64_t c = 0; c < C; c++) dx[c] = (y[c] > 0.0f ? g[c] : 0.0f) * scale[c];
+        else if (dx)
             for (int64_t c = 0; c < C; c++) dx[c] += (y[c] > 0.0f ? g[c] : 0.0f) * scale[c];
     } else {
         for (int64_t c = 0; c < C; c++) {
             sg[c] += g[c];
             sgy[c] += g[c] * y[c];
         }
-        if (dx)
+        if (dx && set)
+            for (int64_t c = 0; c < C; c++) dx[c] = g[c] * scale[c];
+        else if (dx)
             for (int64_t c = 0; c < C; c++) dx[c] += g[c] * scale[c];
     }
 }
@@ -122,17 +127,16 @@ static inline void rows_bwd(int64_t C, const float *restrict g, const float *res
 /* One pass over the rows: dx, and per-channel sums of g and g*y. Rows are cut into one
  * contiguous range per thread; each range sums 64-row blocks in float (vectorised over
  * channels) into double partials, combined in thread order. */
-static cf_status actnorm_bwd_f32(cf_node *n)
+bool cf__actnorm_backward_f32(cf_node *n, const float *g, const float *y, const float *logs,
+                              int64_t P, int64_t C, bool relu, float *dx, bool set, float *db,
+                              float *dl)
 {
-    const float *logs = n->in[2]->data, *y = n->out[0]->data, *g = n->out[0]->grad;
-    int64_t C = n->in[1]->numel, P = C ? n->in[0]->numel / C : 0;
-    float *dx = cf_node_grad_in(n, 0), *db = cf_node_grad_in(n, 1), *dl = cf_node_grad_in(n, 2);
-    bool relu = relu_of(n), sums = db || dl;
+    bool sums = db || dl;
     int nt = P * C > CF__PAR_MIN ? omp_get_max_threads() : 1;
     float *scale = cf_node_scratch(n, (size_t)C * sizeof(float));
     float *block = cf_node_scratch(n, (size_t)(nt * 2 * C) * sizeof(float));
     double *part = cf_node_scratch(n, (size_t)(nt * 2 * C) * sizeof(double));
-    if (!scale || !block || !part) return cf_ctx_status(n->ctx);
+    if (!scale || !block || !part) return false;
     for (int64_t c = 0; c < C; c++) scale[c] = expf(logs[c]);
     memset(part, 0, (size_t)(nt * 2 * C) * sizeof(double));
 #pragma omp parallel num_threads(nt)
@@ -145,7 +149,8 @@ static cf_status actnorm_bwd_f32(cf_node *n)
             int64_t p1 = p0 + 64 < p_end ? p0 + 64 : p_end;
             for (int64_t c = 0; c < C; c++) sg[c] = sgy[c] = 0.0f;
             for (int64_t p = p0; p < p1; p++)
-                rows_bwd(C, g + p * C, y + p * C, dx ? dx + p * C : NULL, scale, sg, sgy, relu);
+                rows_bwd(C, g + p * C, y + p * C, dx ? dx + p * C : NULL, scale, sg, sgy, relu,
+                         set);
             if (sums)
                 for (int64_t c = 0; c < C; c++) acc[c] += sg[c], acc[C + c] += sgy[c];
         }
@@ -156,6 +161,17 @@ static cf_status actnorm_bwd_f32(cf_node *n)
         if (db) db[c] += (float)(part[c] * scale[c]);
         if (dl) dl[c] += (float)part[C + c];
     }
+    return true;
+}
+
+static cf_status actnorm_bwd_f32(cf_node *n)
+{
+    int64_t C = n->in[1]->numel, P = C ? n->in[0]->numel / C : 0;
+    bool set;
+    float *dx = cf_node_grad_in_ex(n, 0, &set), *db = cf_node_grad_in(n, 1);
+    float *dl = cf_node_grad_in(n, 2);
+    cf__actnorm_backward_f32(n, n->out[0]->grad, n->out[0]->data, n->in[2]->data, P, C,
+                             relu_of(n), dx, set, db, dl);
     return cf_ctx_status(n->ctx);
 }
 

@@ -62,14 +62,41 @@ void cf__transpose_f32(float *dst, int64_t ldd, const float *src, int64_t lds, i
  * kernel size, sizes whose strides fit libxsmm's int arguments). */
 bool cf__conv_fast_ok(const cf__conv_geom *g);
 
-/* y (B, Ho, Wo, K) += conv(x (B, H, W, C), w taps (KH*KW, C, K)) + bias (K, or NULL); y is
- * accumulated into (beta 1). Returns false when a kernel could not be dispatched or scratch
- * could not be had (the context then holds the failure, or nothing was written). */
+/* A per-channel transform applied to the output rows right after the GEMMs produce them,
+ * while they are in cache: y = (y + shift) * scale, then max(y, 0) with relu (the fused
+ * convolution + actnorm of the coupling networks). */
+typedef struct cf__conv_epilogue {
+    const float *shift, *scale; /* K each */
+    bool relu;
+} cf__conv_epilogue;
+
+/* y (B, Ho, Wo, K) = conv(x (B, H, W, C), w taps (KH*KW, C, K)) + bias (K, or NULL), every
+ * element written whatever y held, then the epilogue (NULL: none); with acc (and no
+ * epilogue), y += conv + bias instead. Returns false when a kernel could not be dispatched or
+ * scratch could not be had (the context then holds the failure, or nothing was written). */
 bool cf__conv_forward_f32(cf_node *n, float *y, const float *x, const float *w, const float *bias,
-                          const cf__conv_geom *g);
+                          const cf__conv_geom *g, bool acc, const cf__conv_epilogue *epi);
+/* dx (B, H, W, C) = the backward-data convolution of dy (B, Ho, Wo, K) with the taps w
+ * (KH*KW, C, K, already masked), or dx += it with acc. Same failure convention. */
+bool cf__conv_backward_data_f32(cf_node *n, float *dx, bool acc, const float *dy, const float *w,
+                                const cf__conv_geom *g);
 /* dw (KH*KW, C, K) += mask * (sum over pixels of x-patches times dy) and db (K) += the sum of
  * dy (db may be NULL); dw and db are accumulated into. Same failure convention. */
 bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float *x,
                                   const float *dy, const cf__conv_geom *g, cf_conv_mask mask);
+
+/* ---- reference pieces (conv2d.c), plain loops in double --------------------------------- */
+
+/* A buffer's values as doubles: the buffer itself for f64, else a converted arena copy (NULL
+ * when the arena is exhausted). */
+const double *cf__as_f64(cf_node *n, cf_dtype dt, const void *buf, int64_t numel);
+/* dst (dtype dt) += src, element by element. */
+void cf__add_into(cf_dtype dt, void *dst, const double *src, int64_t numel);
+/* y = conv(x, w) + bias (bias may be NULL); w is the (already masked) HWIO weight. */
+void cf__conv_ref_forward(const cf__conv_geom *g, const double *x, const double *w,
+                          const double *bias, double *y);
+/* gx += dconv/dx, gw += dconv/dw, gb += sum of dy (each may be NULL) for output gradient dy. */
+void cf__conv_ref_backward(const cf__conv_geom *g, const double *x, const double *w,
+                           const double *dy, double *gx, double *gw, double *gb);
 
 #endif

@@ -40,6 +40,14 @@ static inline int64_t cf__bc_b(const cf__bcast *bc, int64_t i0, int64_t i1, int6
 /* Element-wise work below this many elements stays on one thread. */
 #define CF__PAR_MIN 32768
 
+/* Actnorm's fast backward over P rows of C channels (actnorm.c), shared with the fused
+ * convolution + actnorm (conv_actnorm.c): from g = dy and the output y, dx (written when set,
+ * else added into; NULL: none) and db, dl (added into; NULL: none). False when scratch could
+ * not be had (the context holds the failure). */
+bool cf__actnorm_backward_f32(cf_node *n, const float *g, const float *y, const float *logs,
+                              int64_t P, int64_t C, bool relu, float *dx, bool set, float *db,
+                              float *dl);
+
 /* Describes a tensor's shape into a local buffer, for messages. */
 #define CF__DESC(t, buf) cf_tensor_describe((t), (buf), sizeof(buf))
 

@@ -76,8 +76,7 @@ static cf_status conv_infer(cf_ctx *ctx, const void *attrs, int n_in, cf_tensor 
 
 /* ---- reference kernels -------------------------------------------------------------------- */
 
-/* A buffer's values as doubles: the buffer itself for f64, else a converted arena copy. */
-static const double *as_f64(cf_node *n, cf_dtype dt, const void *buf, int64_t numel)
+const double *cf__as_f64(cf_node *n, cf_dtype dt, const void *buf, int64_t numel)
 {
     if (dt == CF_F64) return buf;
     double *d = cf_node_scratch(n, (size_t)(numel ? numel : 1) * sizeof(double));
@@ -101,6 +100,29 @@ static double *masked_weight_f64(cf_node *n, const cf__conv_geom *g, cf_conv_mas
     return wm;
 }
 
+void cf__conv_ref_forward(const cf__conv_geom *g, const double *x, const double *w,
+                          const double *bias, double *y)
+{
+    for (int64_t b = 0; b < g->B; b++)
+        for (int64_t i = 0; i < g->Ho; i++)
+            for (int64_t j = 0; j < g->Wo; j++) {
+                double *acc = y + ((b * g->Ho + i) * g->Wo + j) * g->K;
+                for (int64_t k = 0; k < g->K; k++) acc[k] = bias ? bias[k] : 0.0;
+                for (int64_t kh = 0; kh < g->KH; kh++) {
+                    const int64_t ih = i + kh - g->pt;
+                    if (ih < 0 || ih >= g->H) continue;
+                    for (int64_t kw = 0; kw < g->KW; kw++) {
+                        const int64_t iw = j + kw - g->pl;
+                        if (iw < 0 || iw >= g->W) continue;
+                        const double *xp = x + ((b * g->H + ih) * g->W + iw) * g->C;
+                        const double *wp = w + (kh * g->KW + kw) * g->C * g->K;
+                        for (int64_t c = 0; c < g->C; c++)
+                            for (int64_t k = 0; k < g->K; k++) acc[k] += xp[c] * wp[c * g->K + k];
+                    }
+                }
+            }
+}
+
 static cf_status conv_fwd_ref(cf_node *n)
 {
     const cf_conv_attrs *a = CF_ATTRS(n, cf_conv_attrs);
@@ -108,35 +130,50 @@ static cf_status conv_fwd_ref(cf_node *n)
     cf__conv_geom_init(&g, n->in[0], n->in[1], a->pad);
     const cf_tensor *xt = n->in[0];
     cf_tensor *y = n->out[0];
-    const double *x = as_f64(n, xt->dtype, xt->data, xt->numel);
+    const double *x = cf__as_f64(n, xt->dtype, xt->data, xt->numel);
     const double *w = masked_weight_f64(n, &g, a->mask);
-    const double *bias = n->n_in == 3 ? as_f64(n, n->in[2]->dtype, n->in[2]->data, g.K) : NULL;
-    double *acc = cf_node_scratch(n, (size_t)g.K * sizeof(double));
-    if (!x || !w || (n->n_in == 3 && !bias) || !acc) return cf_ctx_status(n->ctx);
-    for (int64_t b = 0; b < g.B; b++)
-        for (int64_t i = 0; i < g.Ho; i++)
-            for (int64_t j = 0; j < g.Wo; j++) {
-                for (int64_t k = 0; k < g.K; k++) acc[k] = bias ? bias[k] : 0.0;
-                for (int64_t kh = 0; kh < g.KH; kh++) {
-                    const int64_t ih = i + kh - g.pt;
-                    if (ih < 0 || ih >= g.H) continue;
-                    for (int64_t kw = 0; kw < g.KW; kw++) {
-                        const int64_t iw = j + kw - g.pl;
-                        if (iw < 0 || iw >= g.W) continue;
-                        const double *xp = x + ((b * g.H + ih) * g.W + iw) * g.C;
-                        const double *wp = w + (kh * g.KW + kw) * g.C * g.K;
-                        for (int64_t c = 0; c < g.C; c++)
-                            for (int64_t k = 0; k < g.K; k++) acc[k] += xp[c] * wp[c * g.K + k];
-                    }
-                }
-                const int64_t o = ((b * g.Ho + i) * g.Wo + j) * g.K;
-                for (int64_t k = 0; k < g.K; k++) cf_tensor_set(y, o + k, acc[k]);
-            }
-    return CF_OK;
+    const double *bias = n->n_in == 3 ? cf__as_f64(n, n->in[2]->dtype, n->in[2]->data, g.K) : NULL;
+    double *yd = cf_node_scratch(n, (size_t)(y->numel ? y->numel : 1) * sizeof(double));
+    if (!x || !w || (n->n_in == 3 && !bias) || !yd) return cf_ctx_status(n->ctx);
+    cf__conv_ref_forward(&g, x, w, bias, yd);
+    for (int64_t i = 0; i < y->numel; i++) cf_tensor_set(y, i, yd[i]);
+    return cf_ctx_status(n->ctx);
 }
 
-/* Adds a double buffer into a gradient buffer of dtype dt. */
-static void add_into(cf_dtype dt, void *dst, const double *src, int64_t numel)
+
+void cf__conv_ref_backward(const cf__conv_geom *g, const double *x, const double *w,
+                           const double *dy, double *gx, double *gw, double *gb)
+{
+    for (int64_t b = 0; b < g->B; b++)
+        for (int64_t i = 0; i < g->Ho; i++)
+            for (int64_t j = 0; j < g->Wo; j++) {
+                const double *gy = dy + ((b * g->Ho + i) * g->Wo + j) * g->K;
+                if (gb)
+                    for (int64_t k = 0; k < g->K; k++) gb[k] += gy[k];
+                for (int64_t kh = 0; kh < g->KH; kh++) {
+                    const int64_t ih = i + kh - g->pt;
+                    if (ih < 0 || ih >= g->H) continue;
+                    for (int64_t kw = 0; kw < g->KW; kw++) {
+                        const int64_t iw = j + kw - g->pl;
+                        if (iw < 0 || iw >= g->W) continue;
+                        const int64_t xo = ((b * g->H + ih) * g->W + iw) * g->C;
+                        const int64_t wo = (kh * g->KW + kw) * g->C * g->K;
+                        for (int64_t c = 0; c < g->C; c++) {
+                            if (gx) {
+                                double s = 0;
+                                for (int64_t k = 0; k < g->K; k++) s += gy[k] * w[wo + c * g->K + k];
+                                gx[xo + c] += s;
+                            }
+                            if (gw)
+                                for (int64_t k = 0; k < g->K; k++)
+                                    gw[wo + c * g->K + k] += x[xo + c] * gy[k];
+                        }
+                    }
+                }
+            }
+}
+
+void cf__add_into(cf_dtype dt, void *dst, const double *src, int64_t numel)
 {
     for (int64_t i = 0; i < numel; i++) cf_buf_set(dt, dst, i, cf_buf_get(dt, dst, i) + src[i]);
 }
@@ -150,8 +187,8 @@ static cf_status conv_bwd_ref(cf_node *n)
     const cf_dtype dt = xt->dtype;
     void *dx = cf_node_grad_in(n, 0), *dw = cf_node_grad_in(n, 1);
     void *db = n->n_in == 3 ? cf_node_grad_in(n, 2) : NULL;
-    const double *x = as_f64(n, dt, xt->data, xt->numel);
-    const double *dy = as_f64(n, dt, y->grad, y->numel);
+    const double *x = cf__as_f64(n, dt, xt->data, xt->numel);
+    const double *dy = cf__as_f64(n, dt, y->grad, y->numel);
     const double *w = masked_weight_f64(n, &g, a->mask);
     double *gx = dx ? cf_node_scratch(n, (size_t)xt->numel * sizeof(double)) : NULL;
     double *gw = dw ? cf_node_scratch(n, (size_t)wt->numel * sizeof(double)) : NULL;
@@ -160,33 +197,7 @@ static cf_status conv_bwd_ref(cf_node *n)
     if (gx) memset(gx, 0, (size_t)xt->numel * sizeof(double));
     if (gw) memset(gw, 0, (size_t)wt->numel * sizeof(double));
     if (gb) memset(gb, 0, (size_t)g.K * sizeof(double));
-    for (int64_t b = 0; b < g.B; b++)
-        for (int64_t i = 0; i < g.Ho; i++)
-            for (int64_t j = 0; j < g.Wo; j++) {
-                const double *gy = dy + ((b * g.Ho + i) * g.Wo + j) * g.K;
-                if (gb)
-                    for (int64_t k = 0; k < g.K; k++) gb[k] += gy[k];
-                for (int64_t kh = 0; kh < g.KH; kh++) {
-                    const int64_t ih = i + kh - g.pt;
-                    if (ih < 0 || ih >= g.H) continue;
-                    for (int64_t kw = 0; kw < g.KW; kw++) {
-                        const int64_t iw = j + kw - g.pl;
-                        if (iw < 0 || iw >= g.W) continue;
-                        const int64_t xo = ((b * g.H + ih) * g.W + iw) * g.C;
-                        const int64_t wo = (kh * g.KW + kw) * g.C * g.K;
-                        for (int64_t c = 0; c < g.C; c++) {
-                            if (gx) {
-                                double s = 0;
-                                for (int64_t k = 0; k < g.K; k++) s += gy[k] * w[wo + c * g.K + k];
-                                gx[xo + c] += s;
-                            }
-                            if (gw)
-                                for (int64_t k = 0; k < g.K; k++)
-                                    gw[wo + c * g.K + k] += x[xo + c] * gy[k];
-                        }
-                    }
-                }
-            }
+    cf__conv_ref_backward(&g, x, w, dy, gx, gw, gb);
     if (gw && a->mask != CF_CONV_MASK_NONE) {
         int64_t e = 0;
         for (int kh = 0; kh < g.KH; kh++)
@@ -195,9 +206,9 @@ static cf_status conv_bwd_ref(cf_node *n)
                     for (int64_t k = 0; k < g.K; k++, e++)
                         if (!cf_conv_mask_keeps(a->mask, kh, kw, c, k)) gw[e] = 0.0;
     }
-    if (gx) add_into(dt, dx, gx, xt->numel);
-    if (gw) add_into(dt, dw, gw, wt->numel);
-    if (gb) add_into(dt, db, gb, g.K);
+    if (gx) cf__add_into(dt, dx, gx, xt->numel);
+    if (gw) cf__add_into(dt, dw, gw, wt->numel);
+    if (gb) cf__add_into(dt, db, gb, g.K);
     return cf_ctx_status(n->ctx);
 }
 
@@ -219,6 +230,29 @@ static const float *masked_weight_f32(cf_node *n, const cf__conv_geom *g, cf_con
     return wm;
 }
 
+bool cf__conv_backward_data_f32(cf_node *n, float *dx, bool acc, const float *dy, const float *w,
+                                const cf__conv_geom *g)
+{
+    /* dx = conv(dy, taps flipped and transposed: wt[KH-1-kh][KW-1-kw][k][c] = W[kh][kw][c][k],
+     * padding (KH-1-top, KW-1-left, KH-1-bottom, KW-1-right)). */
+    const int64_t T = g->KH * g->KW, cb = (g->C + 63) / 64; /* blocks of 64 input channels */
+    float *wt = cf_node_scratch(n, (size_t)(T * g->C * g->K) * sizeof(float));
+    if (!wt) return false;
+#pragma omp parallel for schedule(static) if (T * g->C * g->K > CF__PAR_MIN)
+    for (int64_t tb = 0; tb < T * cb; tb++) {
+        const int64_t t = tb / cb, c0 = tb % cb * 64, nc = g->C - c0 < 64 ? g->C - c0 : 64;
+        cf__transpose_f32(wt + (T - 1 - t) * g->K * g->C + c0, g->C, w + (t * g->C + c0) * g->K,
+                          g->K, nc, g->K, NULL);
+    }
+    cf__conv_geom gd = *g;
+    gd.H = g->Ho, gd.W = g->Wo, gd.C = g->K, gd.K = g->C;
+    gd.pt = g->KH - 1 - g->pt, gd.pl = g->KW - 1 - g->pl;
+    gd.pb = g->KH - 1 - g->pb, gd.pr = g->KW - 1 - g->pr;
+    gd.Hp = gd.H + gd.pt + gd.pb, gd.Wp = gd.W + gd.pl + gd.pr;
+    gd.Ho = g->H, gd.Wo = g->W;
+    return cf__conv_fast_ok(&gd) && cf__conv_forward_f32(n, dx, dy, wt, NULL, &gd, acc, NULL);
+}
+
 static cf_status conv_fwd_f32(cf_node *n)
 {
     const cf_conv_attrs *a = CF_ATTRS(n, cf_conv_attrs);
@@ -228,7 +262,8 @@ static cf_status conv_fwd_f32(cf_node *n)
     const float *w = masked_weight_f32(n, &g, a->mask);
     if (!w) return cf_ctx_status(n->ctx);
     const float *bias = n->n_in == 3 ? n->in[2]->data : NULL;
-    if (cf__conv_forward_f32(n, n->out[0]->data, n->in[0]->data, w, bias, &g)) return CF_OK;
+    if (cf__conv_forward_f32(n, n->out[0]->data, n->in[0]->data, w, bias, &g, false, NULL))
+        return CF_OK;
     /* No JIT kernel for this shape (or no scratch): the output is untouched. */
     return cf_ctx_status(n->ctx) != CF_OK ? cf_ctx_status(n->ctx) : conv_fwd_ref(n);
 }
@@ -241,31 +276,19 @@ static cf_status conv_bwd_f32(cf_node *n)
     if (!cf__conv_fast_ok(&g)) return conv_bwd_ref(n);
     const cf_tensor *y = n->out[0];
     const float *dy = y->grad;
-    float *dx = cf_node_grad_in(n, 0), *dw = cf_node_grad_in(n, 1);
+    bool dx_fresh; /* dx is written rather than added into (the input's first consumer) */
+    float *dx = cf_node_grad_in_ex(n, 0, &dx_fresh), *dw = cf_node_grad_in(n, 1);
     float *db = n->n_in == 3 ? cf_node_grad_in(n, 2) : NULL;
     if (dx) {
-        /* dx = conv(dy, taps flipped and transposed: wt[KH-1-kh][KW-1-kw][k][c] = W[kh][kw][c][k],
-         * padding (KH-1-top, KW-1-left, KH-1-bottom, KW-1-right)). */
         const float *w = masked_weight_f32(n, &g, a->mask);
-        float *wt = cf_node_scratch(n, (size_t)n->in[1]->numel * sizeof(float));
-        if (!w || !wt) return cf_ctx_status(n->ctx);
-        const int64_t T = g.KH * g.KW, cb = (g.C + 63) / 64; /* blocks of 64 input channels */
-#pragma omp parallel for schedule(static) if (n->in[1]->numel > CF__PAR_MIN)
-        for (int64_t tb = 0; tb < T * cb; tb++) {
-            const int64_t t = tb / cb, c0 = tb % cb * 64, nc = g.C - c0 < 64 ? g.C - c0 : 64;
-            cf__transpose_f32(wt + (T - 1 - t) * g.K * g.C + c0, g.C, w + (t * g.C + c0) * g.K,
-                              g.K, nc, g.K, NULL);
-        }
-        cf__conv_geom gd = g;
-        gd.H = g.Ho, gd.W = g.Wo, gd.C = g.K, gd.K = g.C;
-        gd.pt = g.KH - 1 - g.pt, gd.pl = g.KW - 1 - g.pl;
-        gd.pb = g.KH - 1 - g.pb, gd.pr = g.KW - 1 - g.pr;
-        gd.Hp = gd.H + gd.pt + gd.pb, gd.Wp = gd.W + gd.pl + gd.pr;
-        gd.Ho = g.H, gd.Wo = g.W;
-        if (!cf__conv_fast_ok(&gd) || !cf__conv_forward_f32(n, dx, dy, wt, NULL, &gd))
-            return cf_ctx_fail(n->ctx, CF_ERR_STATE, "op 'conv2d': no libxsmm kernel for the "
-                               "backward-data pass of a (%lld, %lld, %lld, %lld) input",
-                               (long long)g.B, (long long)g.H, (long long)g.W, (long long)g.C);
+        if (!w) return cf_ctx_status(n->ctx);
+        if (!cf__conv_backward_data_f32(n, dx, !dx_fresh, dy, w, &g))
+            return cf_ctx_status(n->ctx) != CF_OK
+                       ? cf_ctx_status(n->ctx)
+                       : cf_ctx_fail(n->ctx, CF_ERR_STATE, "op 'conv2d': no libxsmm kernel for "
+                                     "the backward-data pass of a (%lld, %lld, %lld, %lld) input",
+                                     (long long)g.B, (long long)g.H, (long long)g.W,
+                                     (long long)g.C);
     }
     if (dw) {
         if (!cf__conv_backward_weight_f32(n, dw, db, n->in[0]->data, dy, &g, a->mask))
@@ -325,7 +348,6 @@ const cf_op_def cf__op_conv2d = {
     .n_inputs = CF_OP_VARIADIC,
     .n_outputs = 1,
     .attrs_size = sizeof(cf_conv_attrs),
-    .zeroed_outputs = true, /* the fast kernels accumulate (beta = 1) into the output */
     .infer = conv_infer,
     .forward = conv_fwd_ref,
     .backward = conv_bwd_ref,

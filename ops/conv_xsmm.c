@@ -48,13 +48,42 @@ void cf__conv_geom_init(cf__conv_geom *g, const cf_tensor *x, const cf_tensor *w
     g->Ho = g->Hp - g->KH + 1, g->Wo = g->Wp - g->KW + 1;
 }
 
-/* y (n, K) += bias (K) on every row (NULL bias: nothing); the output rows the GEMMs then
- * accumulate into (beta = 1) start from the bias. */
-static void add_bias(float *y, const float *bias, int64_t n, int64_t K)
+/* Prepares n output rows of K channels for GEMMs that add into them (beta = 1): with acc
+ * (the output already holds values to add to) the bias is added, otherwise the rows are set to
+ * the bias. Without a bias and without acc there is nothing to do, and the GEMMs write (beta =
+ * 0): see out_beta. */
+static void start_rows(float *y, const float *bias, int64_t n, int64_t K, bool acc)
 {
     if (!bias) return;
-    for (int64_t p = 0; p < n; p++)
-        for (int64_t k = 0; k < K; k++) y[p * K + k] += bias[k];
+    if (acc) {
+        for (int64_t p = 0; p < n; p++)
+            for (int64_t k = 0; k < K; k++) y[p * K + k] += bias[k];
+    } else {
+        for (int64_t p = 0; p < n; p++) memcpy(y + p * K, bias, (size_t)K * sizeof(float));
+    }
+}
+
+/* Applies the epilogue (if any) to n finished output rows of K channels. */
+static void finish_rows(float *y, int64_t n, int64_t K, const cf__conv_epilogue *epi)
+{
+    if (!epi) return;
+    const float *restrict sh = epi->shift, *restrict sc = epi->scale;
+    for (int64_t p = 0; p < n; p++) {
+        float *restrict r = y + p * K;
+        if (epi->relu)
+            for (int64_t k = 0; k < K; k++) {
+                const float v = (r[k] + sh[k]) * sc[k];
+                r[k] = v > 0.0f ? v : 0.0f;
+            }
+        else
+            for (int64_t k = 0; k < K; k++) r[k] = (r[k] + sh[k]) * sc[k];
+    }
+}
+
+/* The GEMMs' beta: they add when the rows hold something (acc, or a bias from start_rows). */
+static int out_beta(const float *bias, bool acc)
+{
+    return acc || bias ? 1 : 0;
 }
 
 /* ---- kernel cache ----------------------------------------------------------------------- */
@@ -273,13 +302,13 @@ void cf__transpose_f32(float *dst, int64_t ldd, const float *src, int64_t lds, i
 
 /* 1x1 without padding: Y (K x N) += W (K x C) * X (C x N), in chunks of pixels. */
 static bool fwd_1x1(float *y, const float *x, const float *w, const float *bias,
-                    const cf__conv_geom *g)
+                    const cf__conv_geom *g, bool acc, const cf__conv_epilogue *epi)
 {
     const int64_t N = g->B * g->H * g->W, C = g->C, K = g->K;
     if (N == 0) return true;
     const int64_t chunks = (N + PIX_CHUNK - 1) / PIX_CHUNK, tail = N - (chunks - 1) * PIX_CHUNK;
     cf__xsmm_key key = {.kind = CF__XSMM_GEMM, .m = (int)K, .n = PIX_CHUNK, .k = (int)C,
-                        .lda = (int)K, .ldb = (int)C, .ldc = (int)K, .beta = 1};
+                        .lda = (int)K, .ldb = (int)C, .ldc = (int)K, .beta = out_beta(bias, acc)};
     cf__xsmm_fn full = {0}, last = {0};
     if (chunks > 1 && !cf__xsmm_get(&key, &full)) return false;
     key.n = (int)tail;
@@ -288,8 +317,9 @@ static bool fwd_1x1(float *y, const float *x, const float *w, const float *bias,
     for (int64_t ch = 0; ch < chunks; ch++) {
         const int64_t p0 = ch * PIX_CHUNK, np = ch == chunks - 1 ? tail : PIX_CHUNK;
         float *yc = y + p0 * K;
-        add_bias(yc, bias, np, K);
+        start_rows(yc, bias, np, K, acc);
         (ch == chunks - 1 ? last : full).gemm(w, x + p0 * C, yc);
+        finish_rows(yc, np, K, epi);
     }
     return true;
 }
@@ -298,7 +328,7 @@ static bool fwd_1x1(float *y, const float *x, const float *w, const float *bias,
  * GEMM on the unpadded input, then each output pixel gathers its taps' K-vectors from col
  * (taps that fall in the padding are skipped). Wr[t*K + k][c] = W[t][c][k]. */
 static bool fwd_col2im(cf_node *n, float *y, const float *x, const float *w, const float *bias,
-                       const cf__conv_geom *g)
+                       const cf__conv_geom *g, bool acc, const cf__conv_epilogue *epi)
 {
     const int64_t C = g->C, K = g->K, H = g->H, W = g->W, Wo = g->Wo, Ho = g->Ho;
     const int64_t T = g->KH * g->KW, TK = T * K, HW = H * W;
@@ -322,7 +352,10 @@ static bool fwd_col2im(cf_node *n, float *y, const float *x, const float *w, con
             fn.gemm(wr, x + b * HW * C, col);
             for (int64_t i = 0; i < Ho; i++) {
                 float *yr = y + (b * Ho + i) * Wo * K;
-                add_bias(yr, bias, Wo, K);
+                if (out_beta(bias, acc))
+                    start_rows(yr, bias, Wo, K, acc);
+                else /* the taps add into the row: it starts from zero (in cache) */
+                    memset(yr, 0, (size_t)(Wo * K) * sizeof(float));
                 /* Tap (kh, kw) adds col's rows of input pixels (ih, j + kw - left), for the
                  * output columns j whose input column is inside the image. */
                 for (int64_t kh = 0; kh < g->KH; kh++) {
@@ -338,6 +371,7 @@ static bool fwd_col2im(cf_node *n, float *y, const float *x, const float *w, con
                             for (int64_t k = 0; k < K; k++) yj[j * K + k] += cr[j * TK + k];
                     }
                 }
+                finish_rows(yr, Wo, K, epi);
             }
         }
     }
@@ -348,7 +382,7 @@ static bool fwd_col2im(cf_node *n, float *y, const float *x, const float *w, con
  * per group of whole images, n = their pixels, so the weights are read once per ~64 output
  * pixels instead of once per short row). */
 static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, const float *bias,
-                       const cf__conv_geom *g)
+                       const cf__conv_geom *g, bool acc, const cf__conv_epilogue *epi)
 {
     const int64_t C = g->C, K = g->K, Wp = g->Wp, Wo = g->Wo, Ho = g->Ho, HWo = Ho * Wo;
     const int64_t TC = g->KH * g->KW * C;
@@ -366,7 +400,7 @@ static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, con
     const int64_t npix = G ? G * HWo : Wo;                  /* GEMM n (full group or a row) */
     const int64_t srows = rows + g->KH - 1, simg = srows * Wp * C;
     cf__xsmm_key key = {.kind = CF__XSMM_GEMM, .m = (int)K, .n = (int)npix, .k = (int)TC,
-                        .lda = (int)K, .ldb = (int)TC, .ldc = (int)K, .beta = 1};
+                        .lda = (int)K, .ldb = (int)TC, .ldc = (int)K, .beta = out_beta(bias, acc)};
     cf__xsmm_fn fn, fn_last = {0};
     if (!cf__xsmm_get(&key, &fn)) return false;
     if (G && last != G) {
@@ -389,8 +423,9 @@ static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, con
                     for (int64_t i = 0; i < Ho; i++)
                         im2col_row(col + (gi * Ho + i) * Wo * TC, s + gi * simg, g, i);
                 }
-                add_bias(yg, bias, gn * HWo, K);
+                start_rows(yg, bias, gn * HWo, K, acc);
                 (gn == G ? fn : fn_last).gemm(w, col, yg);
+                finish_rows(yg, gn * HWo, K, epi);
                 continue;
             }
             const int64_t b = it / nrb, r0 = (it % nrb) * rows;
@@ -398,9 +433,10 @@ static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, con
             pad_rows(s, x + b * g->H * g->W * C, g, r0, r1 - r0);
             for (int64_t i = r0; i < r1; i++) {
                 float *yr = y + (b * Ho + i) * Wo * K;
-                add_bias(yr, bias, Wo, K);
+                start_rows(yr, bias, Wo, K, acc);
                 im2col_row(col, s, g, i - r0);
                 fn.gemm(w, col, yr);
+                finish_rows(yr, Wo, K, epi);
             }
         }
     }
@@ -409,14 +445,14 @@ static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, con
 
 /* The default: one batch-reduce GEMM over the taps per output row. */
 static bool fwd_rows(cf_node *n, float *y, const float *x, const float *w, const float *bias,
-                     const cf__conv_geom *g)
+                     const cf__conv_geom *g, bool acc, const cf__conv_epilogue *epi)
 {
     const int64_t C = g->C, K = g->K, Wp = g->Wp, Wo = g->Wo, Ho = g->Ho, T = g->KH * g->KW;
     const int nt = omp_get_max_threads();
     int64_t nrb, rows;
     row_blocks(g, nt, &nrb, &rows);
     cf__xsmm_key key = {.kind = CF__XSMM_BR_OFFS, .m = (int)K, .n = (int)Wo, .k = (int)C,
-                        .lda = (int)K, .ldb = (int)C, .ldc = (int)K, .beta = 1};
+                        .lda = (int)K, .ldb = (int)C, .ldc = (int)K, .beta = out_beta(bias, acc)};
     cf__xsmm_fn fn;
     if (!cf__xsmm_get(&key, &fn)) return false;
     unsigned long long a_offs[49], b_offs[49];
@@ -437,9 +473,10 @@ static bool fwd_rows(cf_node *n, float *y, const float *x, const float *w, const
             pad_rows(s, x + b * g->H * g->W * C, g, r0, r1 - r0);
             for (int64_t i = r0; i < r1; i++) {
                 float *yr = y + (b * Ho + i) * Wo * K;
-                add_bias(yr, bias, Wo, K);
+                start_rows(yr, bias, Wo, K, acc);
                 unsigned long long count = (unsigned long long)T;
                 fn.offs(w, s + (i - r0) * Wp * C, yr, &count, a_offs, b_offs);
+                finish_rows(yr, Wo, K, epi);
             }
         }
     }
@@ -447,14 +484,15 @@ static bool fwd_rows(cf_node *n, float *y, const float *x, const float *w, const
 }
 
 bool cf__conv_forward_f32(cf_node *n, float *y, const float *x, const float *w, const float *bias,
-                          const cf__conv_geom *g)
+                          const cf__conv_geom *g, bool acc, const cf__conv_epilogue *epi)
 {
+    CF_ASSERT(!(acc && epi), "cf__conv_forward_f32: an epilogue needs a written output");
     if (g->B == 0) return true;
-    if (thin_k(g->K)) return fwd_col2im(n, y, x, w, bias, g);
+    if (thin_k(g->K)) return fwd_col2im(n, y, x, w, bias, g, acc, epi);
     if (g->KH == 1 && g->KW == 1 && !g->pt && !g->pl && !g->pb && !g->pr)
-        return fwd_1x1(y, x, w, bias, g);
-    if (g->C < THIN || g->Wo < SHORT_ROW) return fwd_im2col(n, y, x, w, bias, g);
-    return fwd_rows(n, y, x, w, bias, g);
+        return fwd_1x1(y, x, w, bias, g, acc, epi);
+    if (g->C < THIN || g->Wo < SHORT_ROW) return fwd_im2col(n, y, x, w, bias, g, acc, epi);
+    return fwd_rows(n, y, x, w, bias, g, acc, epi);
 }
 
 /* ---- backward-weight -------------------------------------------------------------------- */
