@@ -11,8 +11,9 @@
  * the recovered [x_1, x_2], then x_4.
  *
  * Network NN (Glow's): conv3x3 (no bias) + actnorm, ReLU, conv1x1 (no bias) + actnorm, ReLU,
- * zero-initialised conv3x3 scaled by exp(3 logs). Weights ~ N(0, 0.05); the actnorms take
- * their data-dependent initialisation on the first batch.
+ * zero-initialised conv3x3 scaled by exp(3 logs); each conv + actnorm + ReLU is one
+ * conv2d_actnorm node. Weights ~ N(0, 0.05); the actnorms take their data-dependent
+ * initialisation on the first batch.
  * Tensors: <name>.nets.<k>.{conv1.weight, actnorm1.{bias,logs}, conv2.weight,
  * actnorm2.{bias,logs}, out.{weight,bias,logs}}; state <name>.nets.<k>.actnorm{1,2}.initialized.
  */
@@ -34,12 +35,23 @@ typedef struct coupling_layer {
     coupling_net nets[3];
 } coupling_layer;
 
+/* conv (no bias) -> actnorm -> ReLU: one fused node once the actnorm is initialised; its
+ * data-dependent initialisation needs the convolution's output, so the first batch takes the
+ * two separate nodes. */
+static cf_tensor *conv_actnorm_relu(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *bias,
+                                    cf_tensor *logs, cf_tensor *initialized)
+{
+    if (!x) return NULL;
+    if (cf_tensor_get(initialized, 0) == 0.0)
+        return cf__actnorm_apply(ctx, cf_conv2d_same(ctx, x, w, NULL), bias, logs, initialized,
+                                 true);
+    return cf_conv2d_actnorm(ctx, x, w, bias, logs, true);
+}
+
 static cf_tensor *net_apply(cf_ctx *ctx, const coupling_net *n, cf_tensor *x)
 {
-    cf_tensor *h = cf_conv2d_same(ctx, x, n->w1, NULL);
-    h = cf__actnorm_apply(ctx, h, n->b1, n->s1, n->init1, true);
-    h = cf_conv2d_same(ctx, h, n->w2, NULL);
-    h = cf__actnorm_apply(ctx, h, n->b2, n->s2, n->init2, true);
+    cf_tensor *h = conv_actnorm_relu(ctx, x, n->w1, n->b1, n->s1, n->init1);
+    h = conv_actnorm_relu(ctx, h, n->w2, n->b2, n->s2, n->init2);
     return cf__zero_conv_apply(ctx, &n->out, h);
 }
 

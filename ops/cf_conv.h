@@ -61,6 +61,12 @@ typedef struct cf_conv_attrs {
     cf_conv_mask mask; /* CF_CONV_MASK_NONE, or a kind that fixes the padding (see above) */
 } cf_conv_attrs;
 
+/* Attributes of conv2d_actnorm. */
+typedef struct cf_conv_actnorm_attrs {
+    int pad[4]; /* zero padding: top, left, bottom, right; each >= 0 */
+    int relu;   /* 1: a ReLU after the actnorm */
+} cf_conv_actnorm_attrs;
+
 /* Attributes of conv_logdet. */
 typedef struct cf_conv_logdet_attrs {
     cf_conv_mask mask;     /* a masked kind (not NONE) */
@@ -90,6 +96,12 @@ cf_tensor *cf_conv2d(cf_ctx *ctx, cf_tensor *x, cf_tensor *weight, cf_tensor *bi
                      const cf_conv_attrs *attrs);
 /* The same with padding (KH-1)/2 on every side ("same" for odd kernels). */
 cf_tensor *cf_conv2d_same(cf_ctx *ctx, cf_tensor *x, cf_tensor *weight, cf_tensor *bias);
+/* Convolution then actnorm in one node: y = act((conv2d_same(x, weight) + bias) * exp(logs)),
+ * act the ReLU when relu, else the identity; bias and logs (K). What Glow's coupling networks
+ * compute after each hidden convolution, without keeping the pre-activation (the backward
+ * needs only y) and with the actnorm applied while the convolution's output is in cache. */
+cf_tensor *cf_conv2d_actnorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *weight, cf_tensor *bias,
+                             cf_tensor *logs, bool relu);
 /* A masked convolution: cf_conv2d with cf_conv_attrs_masked(mask). */
 cf_tensor *cf_masked_conv2d(cf_ctx *ctx, cf_tensor *x, cf_tensor *weight, cf_tensor *bias,
                             cf_conv_mask mask);

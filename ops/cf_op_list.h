@@ -28,6 +28,7 @@
     X(AFFINE_COUPLING, affine_coupling) \
     X(QUAD_COUPLING, quad_coupling) \
     X(CONV2D, conv2d) \
+    X(CONV2D_ACTNORM, conv2d_actnorm) \
     X(CONV_LOGDET, conv_logdet) \
     X(SQUEEZE, squeeze) \
     X(UNSQUEEZE, unsqueeze)
