@@ -109,9 +109,17 @@ double bench_fma_peak(const char **isa)
 
 /* ---- reporting ---------------------------------------------------------------------------- */
 
+/* --filter TEXT selects the cases whose name contains TEXT; a trailing '$' anchors it at the
+ * end of the name (so "train_fashion_b64$" selects that case and not its _recompute twin). */
 bool bench_selected(const bench_opts *o, const char *name)
 {
-    return !o->filter || strstr(name, o->filter) != NULL;
+    if (!o->filter) return true;
+    size_t n = strlen(o->filter);
+    if (n > 0 && o->filter[n - 1] == '$') {
+        size_t len = strlen(name);
+        return len >= n - 1 && strncmp(name + len - (n - 1), o->filter, n - 1) == 0;
+    }
+    return strstr(name, o->filter) != NULL;
 }
 
 void bench_report(const bench_opts *o, const bench_result *r)
@@ -142,7 +150,7 @@ void bench_report(const bench_opts *o, const bench_result *r)
 static int usage(FILE *f)
 {
     fprintf(f, "usage: cincflow bench <conv|inverse|train|sample> [--json] [--threads N] [--repeats N] "
-               "[--filter TEXT] [--no-ref]\n"
+               "[--filter TEXT[$]] [--no-ref]\n"
                "  conv     3x3 and 1x1 convolutions of the paper's CIFAR-10 model and the "
                "Fashion-MNIST model:\n"
                "           forward, backward-data, backward-weight\n"
