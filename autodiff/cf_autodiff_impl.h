@@ -27,7 +27,20 @@ struct cf_ctx {
     bool poison;               /* op outputs start as NaN (CF_POISON_OUTPUTS=1; tests) */
     cf_status status;          /* sticky: first failure of the step */
     char error[1024];
+    /* Dead activation-gradient buffers (arena memory) for the next gradients of the same size;
+     * emptied by reset. The array itself is on the heap and kept. */
+    struct cf__spare {
+        void *p;
+        size_t bytes;
+    } *spare;
+    int n_spare, cap_spare;
 };
+
+/* An activation gradient of `bytes` (uninitialised): the most recently released spare buffer
+ * of that size if there is one (still warm in cache), else fresh arena memory. */
+void *cf__grad_alloc(cf_ctx *ctx, size_t bytes);
+/* Gives a dead activation gradient back for reuse within this step. */
+void cf__grad_release(cf_ctx *ctx, void *p, size_t bytes);
 
 /* An arena tensor whose data is not initialised (NaN-filled in poison mode): op outputs,
  * which their kernels overwrite entirely. */

@@ -271,7 +271,7 @@ static void *grad_buffer(cf_node *n, int i, bool *fresh)
     n->grad_written |= 1u << i;
     if (!t->grad) {
         size_t bytes = (size_t)t->numel * cf_dtype_size(t->dtype);
-        t->grad = cf_ctx_alloc(n->ctx, bytes, "an activation gradient");
+        t->grad = cf__grad_alloc(n->ctx, bytes);
         if (!t->grad) return NULL;
         *fresh = true;
     } else if (t->flags & CF_TENSOR_GRAD_UNSET) {

@@ -16,7 +16,7 @@
 static void *zeroed_grad(cf_ctx *ctx, cf_tensor *t)
 {
     size_t bytes = (size_t)t->numel * cf_dtype_size(t->dtype);
-    void *g = cf_ctx_alloc(ctx, bytes, "an activation gradient");
+    void *g = cf__grad_alloc(ctx, bytes);
     if (g) memset(g, 0, bytes);
     return g;
 }
@@ -132,6 +132,17 @@ cf_status cf_backward_multi(cf_ctx *ctx, int n_roots, cf_tensor *const *roots,
                                    "input %d %s, which requires one", n->op->name, k, i,
                                    cf_tensor_describe(t, a, sizeof a));
         }
+        /* This node's output gradients are dead now (every consumer ran before it): their
+         * buffers serve the gradients still to come. */
+        if (!(flags & CF_BACKWARD_KEEP_GRADS))
+            for (int o = 0; o < n->n_out; o++) {
+                cf_tensor *t = n->out[o];
+                bool root = false;
+                for (int r = 0; r < n_roots; r++) root |= roots[r] == t;
+                if (!t->grad || root) continue;
+                cf__grad_release(ctx, t->grad, (size_t)t->numel * cf_dtype_size(t->dtype));
+                t->grad = NULL;
+            }
     }
     /* Outputs the pass did not reach keep zeros, as after a pass without the marks. */
     for (int k = 0; k < end; k++)

@@ -194,6 +194,7 @@ void cf_ctx_free(cf_ctx *ctx)
         free(b);
     }
     free(ctx->nodes);
+    free(ctx->spare);
     free(ctx);
 }
 
@@ -204,6 +205,7 @@ void cf_ctx_reset(cf_ctx *ctx)
     ctx->used = 0;
     ctx->n_nodes = 0;
     ctx->consumed = 0;
+    ctx->n_spare = 0;
     ctx->status = CF_OK;
     ctx->error[0] = '\0';
 }
@@ -274,6 +276,31 @@ void cf_ctx_reset_peak(cf_ctx *ctx)
 int cf_ctx_tape_size(const cf_ctx *ctx)
 {
     return ctx->n_nodes;
+}
+
+void *cf__grad_alloc(cf_ctx *ctx, size_t bytes)
+{
+    for (int i = ctx->n_spare - 1; i >= 0; i--)
+        if (ctx->spare[i].bytes == bytes) {
+            void *p = ctx->spare[i].p;
+            ctx->spare[i] = ctx->spare[--ctx->n_spare];
+            return p;
+        }
+    return cf_ctx_alloc(ctx, bytes, "an activation gradient");
+}
+
+void cf__grad_release(cf_ctx *ctx, void *p, size_t bytes)
+{
+    if (ctx->n_spare == ctx->cap_spare) {
+        int cap = ctx->cap_spare ? 2 * ctx->cap_spare : 64;
+        struct cf__spare *s = realloc(ctx->spare, (size_t)cap * sizeof *s);
+        if (!s) return; /* not reused: the arena still owns it */
+        ctx->spare = s;
+        ctx->cap_spare = cap;
+    }
+    ctx->spare[ctx->n_spare].p = p;
+    ctx->spare[ctx->n_spare].bytes = bytes;
+    ctx->n_spare++;
 }
 
 void *cf_ctx_alloc(cf_ctx *ctx, size_t bytes, const char *what)

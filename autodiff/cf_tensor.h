@@ -154,12 +154,17 @@ cf_status cf_tensor_requires_grad(cf_ctx *ctx, cf_tensor *t);
 
 enum {
     CF_BACKWARD_RETAIN = 1u << 0, /* keep the tape for another backward (like retain_graph) */
+    CF_BACKWARD_KEEP_GRADS = 1u << 1, /* keep every op output's gradient (like retain_grad) */
 };
 
 /* Reverse-mode pass from a scalar `loss` (numel 1): walks the tape backwards and accumulates
  * (+=) d(loss)/d(x) into ->grad of every tensor that requires it. Parameter gradients keep
  * accumulating across calls until zeroed (cf_params_zero_grad). Consumes the tape: a second
- * backward before cf_ctx_reset fails with CF_ERR_STATE. Returns the step's first failure. */
+ * backward before cf_ctx_reset fails with CF_ERR_STATE. Returns the step's first failure.
+ * The gradient of an op's output is dead once the op's own backward has run: its buffer is
+ * recycled for the gradients still to come (so a backward needs the memory of a few
+ * activations, not of all of them) and its ->grad becomes NULL, except for the roots and with
+ * CF_BACKWARD_KEEP_GRADS (cf_backward_ex). Leaves (parameters, inputs) keep theirs. */
 cf_status cf_backward(cf_ctx *ctx, cf_tensor *loss);
 
 /* The same from any tensor with an explicit seed gradient of its shape (borrowed); seed NULL
