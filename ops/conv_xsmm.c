@@ -39,6 +39,10 @@
 
 #include "cf_conv_impl.h"
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 void cf__conv_geom_init(cf__conv_geom *g, const cf_tensor *x, const cf_tensor *w, const int pad[4])
 {
     g->B = x->shape[0], g->H = x->shape[1], g->W = x->shape[2], g->C = x->shape[3];
@@ -166,6 +170,10 @@ bool cf__xsmm_get(const cf__xsmm_key *key, cf__xsmm_fn *fn)
 #define IMG_PIXELS 64
 /* Input channel counts below this take the im2col form. */
 #define THIN 16
+/* Floats of im2col matrix per forward GEMM in the row form of im2col (rows are grouped up to
+ * this, and at most MAX_RG rows). */
+#define IM2COL_FLOATS 8192
+#define MAX_RG 32
 
 /* Output channel counts that leave vector lanes of a K-row GEMM idle (K not a multiple of 16)
  * and are small enough for the col2im form's buffer. */
@@ -225,6 +233,16 @@ static int64_t line_up(int64_t floats)
 static void im2col_row(float *col, const float *s, const cf__conv_geom *g, int64_t lrow)
 {
     const int64_t C = g->C, TC = g->KH * g->KW * C, KWC = g->KW * C;
+#ifdef __AVX512F__
+    if (KWC <= 16) { /* a few floats per tap row (thin inputs): one masked copy, no call */
+        const __mmask16 m = (__mmask16)((1u << KWC) - 1);
+        for (int64_t w = 0; w < g->Wo; w++)
+            for (int64_t kh = 0; kh < g->KH; kh++)
+                _mm512_mask_storeu_ps(col + w * TC + kh * KWC, m,
+                                      _mm512_maskz_loadu_ps(m, s + ((lrow + kh) * g->Wp + w) * C));
+        return;
+    }
+#endif
     for (int64_t w = 0; w < g->Wo; w++)
         for (int64_t kh = 0; kh < g->KH; kh++)
             memcpy(col + w * TC + kh * KWC, s + ((lrow + kh) * g->Wp + w) * C,
@@ -234,7 +252,6 @@ static void im2col_row(float *col, const float *s, const cf__conv_geom *g, int64
 /* ---- transpose -------------------------------------------------------------------------- */
 
 #ifdef __AVX512F__
-#include <immintrin.h>
 
 /* dst[j * ldd + i] = src[i * lds + j] - (sub ? sub[j] : 0) for i < nr, j < nc (both <= 16):
  * masked loads and stores, so nothing outside the block is read or written. */
@@ -397,15 +414,25 @@ static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, con
     }
     const int64_t items = G ? (g->B + G - 1) / G : g->B * nrb;
     const int64_t last = G ? g->B - (items - 1) * G : 0; /* images in the last group */
-    const int64_t npix = G ? G * HWo : Wo;                  /* GEMM n (full group or a row) */
+    /* Otherwise up to RG consecutive output rows share one GEMM (n = their pixels), as many
+     * as keep the im2col matrix small: a row of 14 pixels alone is too short a GEMM. */
+    int64_t RG = G ? 1 : IM2COL_FLOATS / (TC * Wo);
+    if (RG > rows) RG = rows;
+    if (RG > MAX_RG) RG = MAX_RG;
+    if (RG < 1) RG = 1;
+    const int64_t npix = G ? G * HWo : RG * Wo; /* GEMM n (full group or RG rows) */
     const int64_t srows = rows + g->KH - 1, simg = srows * Wp * C;
     cf__xsmm_key key = {.kind = CF__XSMM_GEMM, .m = (int)K, .n = (int)npix, .k = (int)TC,
                         .lda = (int)K, .ldb = (int)TC, .ldc = (int)K, .beta = out_beta(bias, acc)};
-    cf__xsmm_fn fn, fn_last = {0};
+    cf__xsmm_fn fn, fn_last = {0}, fn_rows[MAX_RG + 1] = {{0}};
     if (!cf__xsmm_get(&key, &fn)) return false;
     if (G && last != G) {
         key.n = (int)(last * HWo);
         if (!cf__xsmm_get(&key, &fn_last)) return false;
+    }
+    for (int64_t r = 1; !G && r <= RG; r++) { /* n for every shorter run of rows */
+        key.n = (int)(r * Wo);
+        if (!cf__xsmm_get(&key, &fn_rows[r])) return false;
     }
     const int64_t sper = line_up((G ? G : 1) * simg), per = sper + line_up(TC * npix);
     float *scratch = cf_node_scratch(n, (size_t)(per * nt) * sizeof(float));
@@ -431,12 +458,13 @@ static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, con
             const int64_t b = it / nrb, r0 = (it % nrb) * rows;
             const int64_t r1 = r0 + rows < Ho ? r0 + rows : Ho;
             pad_rows(s, x + b * g->H * g->W * C, g, r0, r1 - r0);
-            for (int64_t i = r0; i < r1; i++) {
-                float *yr = y + (b * Ho + i) * Wo * K;
-                start_rows(yr, bias, Wo, K, acc);
-                im2col_row(col, s, g, i - r0);
-                fn.gemm(w, col, yr);
-                finish_rows(yr, Wo, K, epi);
+            for (int64_t i = r0; i < r1; i += RG) {
+                const int64_t nr = r1 - i < RG ? r1 - i : RG;
+                float *yr = y + (b * Ho + i) * Wo * K; /* nr consecutive rows of the image */
+                start_rows(yr, bias, nr * Wo, K, acc);
+                for (int64_t r = 0; r < nr; r++) im2col_row(col + r * Wo * TC, s, g, i + r - r0);
+                fn_rows[nr].gemm(w, col, yr);
+                finish_rows(yr, nr * Wo, K, epi);
             }
         }
     }
