@@ -30,6 +30,21 @@ static int choice_index(const char *choices, const char *value)
     return -1;
 }
 
+/* One number of "HxWxC": decimal digits (no sign or space), then `end` ('x', or 0 for the end
+ * of the string); advances *s past both. False for anything else, an overflow included (sscanf
+ * would make that undefined). */
+static bool shape_part(const char **s, char end, long long *value)
+{
+    const char *p = *s;
+    if (*p < '0' || *p > '9') return false;
+    char *stop;
+    errno = 0;
+    *value = strtoll(p, &stop, 10);
+    if (errno || *stop != end) return false;
+    *s = end ? stop + 1 : stop;
+    return true;
+}
+
 static int bad(const char *cmd, const char *flag, const char *what, const char *value)
 {
     fprintf(stderr, "cincflow %s: %s expects %s, got '%s'\n", cmd, flag, what, value ? value : "");
@@ -90,10 +105,9 @@ int cli_parse(const char *cmd, int argc, char **argv, const cli_flag *flags, int
             break;
         case CLI_SHAPE: {
             long long h, w, c;
-            char tail;
-            if (sscanf(v, "%lldx%lldx%lld%c", &h, &w, &c, &tail) != 3 || h < 1 || w < 1 ||
-                c < 1 || h > 16384 || w > 16384 || c > 4)
-                return bad(cmd, f->name, "HxWxC (sides 1 to 16384, 1 to 4 channels)", v);
+            if (!shape_part(&v, 'x', &h) || !shape_part(&v, 'x', &w) || !shape_part(&v, 0, &c) ||
+                h < 1 || w < 1 || c < 1 || h > 16384 || w > 16384 || c > 4)
+                return bad(cmd, f->name, "HxWxC (sides 1 to 16384, 1 to 4 channels)", argv[i]);
             int64_t *s = f->dst;
             s[0] = h, s[1] = w, s[2] = c;
             break;

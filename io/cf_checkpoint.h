@@ -28,13 +28,19 @@
  * variable-length UTF-8 and read back as str.
  *
  * Saving writes "<path>.tmp.<pid>", flushes it to disk (fsync) and renames it over path; on
- * any failure the temporary is removed and whatever file was at path is untouched. Loading
+ * any failure the temporary is removed and whatever file was at path is untouched. A
+ * "<path>.tmp.<pid>" left by a process that was killed while saving (its pid names no process
+ * any more) is removed by the next save to the same path. Loading
  * checks the format name and version, then that every parameter and state tensor of the set
  * is in the file with the same shape and no tensor of the file is missing from the set (the
  * first mismatch is reported by name), and refuses non-finite values; the set, the optimizer
  * and the meta are changed only when everything checked out. f32 files load into f64 sets and
  * the reverse. HDF5's own error printing is silenced: its messages end up in cf_last_error().
- * A checkpoint holds only numbers and strings: loading one runs no code from it.
+ * A checkpoint holds only numbers and strings: loading one runs no code from it. The file is
+ * decoded by HDF5, though, and HDF5 1.10 (Debian 12's) can crash, or allocate gigabytes, on
+ * some deliberately damaged files (tests/fuzz/hdf5-known/README); the loader refuses the
+ * damage it can see before HDF5 does (a global heap that would make HDF5 loop forever). Load
+ * checkpoints from sources you trust.
  *
  * Not here: building a model from its configuration (the caller reads the config back and
  * does that), MPI (save from one rank), other file formats.

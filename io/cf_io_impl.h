@@ -70,7 +70,9 @@ char *cf__tmp_path(const char *path);
 
 /* Writes data to "<path>.tmp.<pid>", fsyncs it and renames it over path (then fsyncs the
  * folder, best effort). On failure the temporary is removed, any file at path is untouched,
- * and the message names path and the system's reason. */
+ * and the message names path and the system's reason. First it removes the temporaries of
+ * path that writers killed earlier left behind ("<path>.tmp.<pid>" whose pid no longer
+ * exists). */
 cf_status cf__write_file_atomic(const char *path, const void *data, size_t size);
 
 #endif

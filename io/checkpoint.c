@@ -862,6 +862,93 @@ static cf_status read_meta(const char *path, hid_t file, cf_ckpt_meta *m)
     return st;
 }
 
+/* ---- a guard for HDF5 1.10 -------------------------------------------------------------- */
+
+/* HDF5 1.10 (Debian 12 has 1.10.8) loops forever decoding a global heap collection whose walk
+ * of objects meets a free-space entry (index 0) of size 0 before the collection's end, as a
+ * damaged file can hold; the collections hold the variable-length strings every checkpoint
+ * has, so the first string read would hang. Before HDF5 sees a file, every collection in it
+ * ("GCOL", version 1) is walked the way HDF5 walks it, and a file where that walk would not
+ * end, or would step past the collection, is refused. The scan reads the file once; bytes of
+ * tensor data that happen to look like a collection header are walked too, and refused only if
+ * they also spell such a broken walk. */
+
+#define GCOL_MAX_SIZE_BYTES 8 /* HDF5 lengths are 2, 4 or 8 bytes (the superblock says) */
+
+static uint64_t decode_le(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+/* Walks the collection at `at` (its "GCOL" signature) as HDF5 would; false when the walk would
+ * not end inside it. length: bytes of an HDF5 length in this file. */
+static bool gcol_walk_ends(FILE *f, int64_t file_size, int64_t at, int length)
+{
+    uint8_t hdr[8 + GCOL_MAX_SIZE_BYTES];
+    int64_t hdr_size = 8 + length, obj_size = 8 + length;
+    if (fseeko(f, at, SEEK_SET) != 0 || fread(hdr, 1, (size_t)hdr_size, f) != (size_t)hdr_size)
+        return true; /* HDF5 cannot read it either */
+    uint64_t size = decode_le(hdr + 8, length);
+    if (size > (uint64_t)(file_size - at)) return true; /* HDF5's read of it fails */
+    uint64_t p = (uint64_t)hdr_size;
+    while (p < size) {
+        if (p + (uint64_t)obj_size > size) return true; /* a tail too small: free space */
+        uint8_t obj[8 + GCOL_MAX_SIZE_BYTES];
+        if (fseeko(f, at + (int64_t)p, SEEK_SET) != 0 ||
+            fread(obj, 1, (size_t)obj_size, f) != (size_t)obj_size)
+            return true;
+        unsigned idx = obj[0] | (unsigned)obj[1] << 8;
+        uint64_t n = decode_le(obj + 8, length);
+        if (idx > 0 && n > size) return false;
+        uint64_t need = idx > 0 ? (uint64_t)obj_size + ((n + 7) / 8) * 8 : n;
+        if (need == 0 || need > size - p) return false;
+        p += need;
+    }
+    return true;
+}
+
+/* head: the file's first 16 bytes (the superblock's start). */
+static cf_status check_global_heaps(const char *path, FILE *f, int64_t file_size,
+                                    const uint8_t *head)
+{
+    /* Size of lengths: byte 14 of a version 0 or 1 superblock, byte 10 of a version 2 or 3. */
+    int length = head[8] <= 1 ? head[14] : head[10];
+    if (length != 2 && length != 4 && length != 8) return CF_OK; /* HDF5 refuses the file */
+    static const uint8_t tag[5] = {'G', 'C', 'O', 'L', 1};
+    enum { CHUNK = 1 << 20 };
+    uint8_t *buf = malloc(CHUNK + sizeof tag);
+    if (!buf) return cf_set_error(CF_ERR_NOMEM, "%s: out of memory", path);
+    cf_status st = CF_OK;
+    int64_t base = 0; /* file offset of buf[0] */
+    size_t keep = 0;  /* bytes carried over from the previous chunk */
+    for (;;) {
+        if (fseeko(f, base + (int64_t)keep, SEEK_SET) != 0) break;
+        size_t got = fread(buf + keep, 1, CHUNK, f);
+        size_t n = keep + got;
+        for (size_t i = 0; i + sizeof tag <= n; i++) {
+            uint8_t *hit = memchr(buf + i, 'G', n - sizeof tag + 1 - i);
+            if (!hit) break;
+            i = (size_t)(hit - buf);
+            if (memcmp(hit, tag, sizeof tag) == 0 &&
+                !gcol_walk_ends(f, file_size, base + (int64_t)i, length)) {
+                st = cf_set_error(CF_ERR_FORMAT,
+                                  "%s: damaged file: the HDF5 global heap at byte %lld is "
+                                  "inconsistent (HDF5 would not finish reading it)",
+                                  path, (long long)(base + (int64_t)i));
+                break;
+            }
+        }
+        if (st != CF_OK || got == 0) break;
+        keep = n < sizeof tag - 1 ? n : sizeof tag - 1;
+        memmove(buf, buf + n - keep, keep);
+        base += (int64_t)(n - keep);
+    }
+    free(buf);
+    return st;
+}
+
 /* Opens path read-only after checking it is a cincflow checkpoint of a version we read, and
  * reads its meta into m (zeroed by the caller). */
 static cf_status open_checkpoint(const char *path, hid_t *file_out, cf_ckpt_meta *m)
@@ -872,14 +959,18 @@ static cf_status open_checkpoint(const char *path, hid_t *file_out, cf_ckpt_meta
     if (st != CF_OK) return st;
     /* Checkpoints start with HDF5's signature (they have no user block). */
     static const uint8_t signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-    uint8_t head[8] = {0};
+    uint8_t head[16] = {0};
     FILE *f = fopen(path, "rb");
     size_t got = f ? fread(head, 1, sizeof head, f) : 0;
-    if (f) fclose(f);
     if (!f) return cf_set_error(CF_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
-    if (got < sizeof head || memcmp(head, signature, sizeof head) != 0)
+    if (got < sizeof head || memcmp(head, signature, sizeof signature) != 0) {
+        fclose(f);
         return cf_set_error(CF_ERR_FORMAT, "%s: not an HDF5 file, so not a cincflow checkpoint",
                             path);
+    }
+    st = check_global_heaps(path, f, size, head);
+    fclose(f);
+    if (st != CF_OK) return st;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (fapl < 0 || H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG) < 0) {
         st = h5_fail(CF_ERR_IO, "%s: cannot set up HDF5 file access", path);

@@ -85,6 +85,8 @@ static cf_status decode(png_source *src, const char *name, int *h, int *w, int *
     if (color == PNG_COLOR_TYPE_PALETTE) {
         channels = 3;
         png_set_palette_to_rgb(png);
+        /* palette_to_rgb also turns a tRNS chunk into an alpha channel: drop it again */
+        png_set_strip_alpha(png);
     } else if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_RGB) {
         channels = color == PNG_COLOR_TYPE_GRAY ? 1 : 3;
         if (depth != 8)

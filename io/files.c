@@ -2,14 +2,24 @@
  * file reads with a size cap, and the write-to-temporary-then-rename step that keeps a good
  * file in place until its replacement is complete on disk.
  *
- * Not here: any file format, locking between processes (one writer per path is assumed), or
- * removing temporaries left by a process that was killed (their names carry its pid).
+ * A temporary's name carries its writer's pid, so one left by a writer that was killed between
+ * creating it and renaming it is recognised, and removed, by the next write to the same path:
+ * "<path>.tmp.<pid>" whose pid names no process any more (kill(pid, 0) fails with ESRCH).
+ * Temporaries of live processes, and of pids this process may not signal, are left alone.
+ *
+ * Not here: any file format, or locking between processes (one writer per path is assumed;
+ * pids are taken in this process's pid namespace, so a folder shared with writers in other
+ * namespaces, e.g. other containers, could lose a live writer's temporary).
  * Writers build the whole file in memory first, so every failure of the disk (full, quota,
  * file size limit, I/O error) surfaces here, in plain write() calls, after which nothing but
  * an unlink is left to do.
  */
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,8 +141,45 @@ static cf_status write_tmp(const char *tmp, const char *path, const uint8_t *dat
     return CF_OK;
 }
 
+/* Removes the stale temporaries of path (see the top of the file). Best effort: a folder that
+ * cannot be listed, or a file that cannot be removed, is left as it is. */
+static void remove_stale_temporaries(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    size_t base_len = strlen(base);
+    char *dir = slash ? cf__strprintf("%.*s", (int)(slash - path) + (slash == path), path)
+                      : cf__strprintf(".");
+    DIR *d = dir && base_len > 0 ? opendir(dir) : NULL;
+    if (!d) {
+        free(dir);
+        return;
+    }
+    long self = (long)getpid();
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *name = e->d_name;
+        if (strncmp(name, base, base_len) != 0 || strncmp(name + base_len, ".tmp.", 5) != 0)
+            continue;
+        const char *digits = name + base_len + 5;
+        if (!isdigit((unsigned char)digits[0]) || digits[0] == '0') continue; /* as "%ld" writes */
+        char *end;
+        errno = 0;
+        long pid = strtol(digits, &end, 10);
+        if (*end || errno || pid > INT_MAX || pid == self) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to tell */
+        char *stale = cf__strprintf("%s/%s", dir, name);
+        struct stat st;
+        if (stale && lstat(stale, &st) == 0 && S_ISREG(st.st_mode)) unlink(stale);
+        free(stale);
+    }
+    closedir(d);
+    free(dir);
+}
+
 cf_status cf__write_file_atomic(const char *path, const void *data, size_t size)
 {
+    remove_stale_temporaries(path);
     char *tmp = cf__tmp_path(path);
     if (!tmp) return cf_set_error(CF_ERR_NOMEM, "%s: out of memory", path);
     cf_status st = write_tmp(tmp, path, data, size);
