@@ -48,3 +48,23 @@ target_link_libraries(cf_deps INTERFACE PkgConfig::CF_HDF5 PkgConfig::CF_PNG Pkg
 if(CF_BUILD_TESTS)
   cf_require_pkg(CF_CHECK check check)
 endif()
+
+# MPI (Open MPI from Debian: libopenmpi-dev, and openmpi-bin for mpirun) for data-parallel
+# training in the command-line tool only; the library never links it. CF_MPI: AUTO uses it when
+# found, ON requires it, OFF builds without it. CF_HAVE_MPI tells the rest of the build.
+set(CF_MPI AUTO CACHE STRING "Data-parallel training over MPI in the cincflow tool: AUTO, ON or OFF")
+set_property(CACHE CF_MPI PROPERTY STRINGS AUTO ON OFF)
+set(CF_HAVE_MPI OFF)
+if(NOT CF_MPI STREQUAL "OFF")
+  find_package(MPI COMPONENTS C QUIET)
+  if(MPI_C_FOUND)
+    set(CF_HAVE_MPI ON)
+    message(STATUS "MPI found (${MPI_C_LIBRARIES}): `mpirun -np N cincflow train` trains on N processes")
+  elseif(CF_MPI STREQUAL "ON")
+    message(FATAL_ERROR "MPI for C not found (CF_MPI=ON): install the Debian packages "
+                        "libopenmpi-dev and openmpi-bin, or configure with -DCF_MPI=OFF")
+  else()
+    message(STATUS "MPI not found: the cincflow tool trains on one process "
+                   "(install libopenmpi-dev and openmpi-bin for more)")
+  endif()
+endif()

@@ -12,7 +12,20 @@
  * reached. A resumed run restores parameters, optimizer moments, step, data order and noise,
  * so 2N steps in one run and N + N with a resume end with identical parameters.
  *
- * Not here: the model (models/), data and checkpoints (io/).
+ * Many processes (`mpirun -np R cincflow train ...`, see cli_mpi.h): data parallelism. --batch
+ * is each rank's; the batcher gives rank r its part of each step's R x batch images (so R ranks
+ * with batch B train exactly as one process with batch R B, noise included), and each step
+ * sums the gradients with one all-reduce over the flat gradient buffer and divides by R before
+ * the optimizer, whose clipping and non-finite check then see the same gradient on every rank.
+ * The loss reported is the mean over ranks; a second, four-value all-reduce per step carries
+ * the losses and the ranks' wishes to stop (time budget, signals), so every rank skips and
+ * stops at the same step. Actnorm's initialisation sums its statistics over the ranks (each
+ * takes init-images / R of the init images), after which rank 0's parameters are broadcast.
+ * Rank 0 alone prints, evaluates, writes the log and the checkpoints; on --resume every rank
+ * reads the checkpoint, whose data state (epoch, position in the epoch's order, noise key) is
+ * the same for all ranks. A failure only one rank sees ends the whole job (MPI_Abort).
+ *
+ * Not here: the model (models/), data and checkpoints (io/), MPI itself (cli_mpi.c).
  */
 #include <math.h>
 #include <omp.h>
@@ -23,6 +36,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_mpi.h"
 
 static volatile sig_atomic_t interrupted;
 
@@ -50,15 +64,19 @@ typedef struct train_opts {
     int recompute; /* auto, on, off */
 } train_opts;
 
-/* Actnorm's data-dependent initialisation: one forward, grad recording off, on a batch. */
+/* Actnorm's data-dependent initialisation: one forward, grad recording off, on a batch of n
+ * images; with R ranks each takes n / R of them (the first step of a batcher over R ranks) and
+ * the flow's reducer sums the statistics. */
 static cf_status init_actnorm(cf_flow *flow, cf_ctx *ctx, const cf_dataset *ds, int64_t n,
-                              uint64_t seed)
+                              uint64_t seed, int rank, int size)
 {
     int h, w, c;
     cf_dataset_shape(ds, &h, &w, &c);
     if (n > cf_dataset_count(ds)) n = cf_dataset_count(ds);
-    cf_batcher *b = cf_batcher_new(ds, &(cf_batcher_opts){.batch = n, .seed = seed ^ 0x1a17});
-    if (!b) return CF_ERR_NOMEM;
+    n /= size;
+    cf_batcher *b = cf_batcher_new(ds, &(cf_batcher_opts){.batch = n, .seed = seed ^ 0x1a17,
+                                                          .rank = rank, .n_ranks = size});
+    if (!b) return cf_ctx_fail(ctx, CF_ERR_ARG, "%s", cf_last_error());
     cf_tensor *x = cf_tensor_new_v(ctx, CF_F32, n, h, w, c);
     cf_status st = x ? cf_batcher_next(b, x, NULL, NULL) : cf_ctx_status(ctx);
     cf_batcher_free(b);
@@ -69,6 +87,34 @@ static cf_status init_actnorm(cf_flow *flow, cf_ctx *ctx, const cf_dataset *ds, 
     st = cf_ctx_status(ctx);
     cf_ctx_reset(ctx);
     return st;
+}
+
+/* Every rank takes rank 0's parameters and state (identical already, by construction: this
+ * guards against any rank-dependent rounding of the reductions). */
+static cf_status sync_params(cf_params *ps)
+{
+    cf_status st = cli_mpi_bcast(cf_params_data(ps), cf_params_flat_numel(ps), cf_params_dtype(ps));
+    for (int i = 0; st == CF_OK && i < cf_params_state_count(ps); i++) {
+        cf_tensor *t = cf_params_state_at(ps, i);
+        st = cli_mpi_bcast(t->data, (size_t)t->numel, t->dtype);
+    }
+    return st;
+}
+
+/* The mean over ranks of the gradients: one all-reduce over the flat buffer, then / size. */
+static cf_status average_gradients(cf_params *ps, int size)
+{
+    size_t n = cf_params_flat_numel(ps);
+    cf_status st = cli_mpi_sum(cf_params_grad(ps), n, cf_params_dtype(ps));
+    if (st != CF_OK) return st;
+    if (cf_params_dtype(ps) == CF_F32) {
+        float *g = cf_params_grad(ps), inv = 1.0f / (float)size;
+        for (size_t i = 0; i < n; i++) g[i] *= inv;
+    } else {
+        double *g = cf_params_grad(ps), inv = 1.0 / (double)size;
+        for (size_t i = 0; i < n; i++) g[i] *= inv;
+    }
+    return CF_OK;
 }
 
 static cf_status save(const char *path, cf_flow *flow, cf_adam *opt, cf_batcher *b,
@@ -105,8 +151,11 @@ static void progress(bool tty, int64_t step, int64_t total, double bpd, double i
     }
 }
 
-int cli_train(int argc, char **argv)
+/* The command on this rank of size; *agreed tells a failure every rank reached together (so
+ * no rank needs ending by force) from one this rank alone saw. */
+static int train(int argc, char **argv, int rank, int size, bool *agreed)
 {
+    bool lead = rank == 0; /* prints, evaluates, logs and checkpoints */
     train_opts o = {.data = "fashion-mnist", .model = cli_model_defaults(), .lr = 1e-3,
                     .clip = 50, .beta1 = 0.9, .beta2 = 0.999, .warmup = 500, .batch = 64,
                     .seed = 1, .checkpoint_every = 500, .init_images = 512, .max_skips = 20,
@@ -118,7 +167,7 @@ int cli_train(int argc, char **argv)
         {"--beta1", CLI_DOUBLE, &o.beta1, 0, 0.999999, NULL, "Adam beta1 (default 0.9)"},
         {"--beta2", CLI_DOUBLE, &o.beta2, 0, 0.999999999, NULL, "Adam beta2 (default 0.999)"},
         {"--warmup", CLI_INT, &o.warmup, 0, 1e9, NULL, "linear warmup steps (default 500)"},
-        {"--batch", CLI_INT, &o.batch, 1, 65536, NULL, "images per step (default 64)"},
+        {"--batch", CLI_INT, &o.batch, 1, 65536, NULL, "images per step, on each rank under mpirun (default 64)"},
         {"--clip", CLI_DOUBLE, &o.clip, 0, 1e12, NULL, "gradient-norm clip, 0 for none (default 50)"},
         {"--steps", CLI_INT, &o.steps, 1, 1e12, NULL, "train up to this step count"},
         {"--epochs", CLI_INT, &o.epochs, 1, 1e9, NULL, "train up to this many epochs"},
@@ -130,7 +179,7 @@ int cli_train(int argc, char **argv)
         {"--log", CLI_STRING, &o.log, 0, 0, NULL, "CSV log, one line per step"},
         {"--eval-every", CLI_INT, &o.eval_every, 1, 1e12, NULL, "steps between test evaluations"},
         {"--eval-limit", CLI_INT, &o.eval_limit, 1, 1e12, NULL, "test images per evaluation (default all)"},
-        {"--init-images", CLI_INT, &o.init_images, 1, 1e6, NULL, "images for actnorm's initialisation (default 512)"},
+        {"--init-images", CLI_INT, &o.init_images, 1, 1e6, NULL, "images for actnorm's initialisation, over all ranks (default 512)"},
         {"--max-skips", CLI_INT, &o.max_skips, 1, 1e9, NULL, "non-finite steps in a row before stopping (default 20)"},
         {"--threads", CLI_INT, &o.threads, 1, 4096, NULL, "threads (default all cores)"},
         {"--print-every", CLI_INT, &o.print_every, 1, 1e12, NULL, "steps between progress lines when not on a terminal (default 50)"},
@@ -145,6 +194,10 @@ int cli_train(int argc, char **argv)
         fprintf(stderr, "cincflow train: say how long to train: --steps, --epochs or --minutes\n");
         return 2;
     }
+    if (!o.threads && size > 1 && !getenv("OMP_NUM_THREADS")) /* share the cores */
+        o.threads = omp_get_num_procs() / cli_mpi_local_size() > 0
+                        ? omp_get_num_procs() / cli_mpi_local_size()
+                        : 1;
     if (o.threads) omp_set_num_threads((int)o.threads);
 
     cf_dataset *ds = cf_dataset_open(o.data, "train");
@@ -192,7 +245,8 @@ int cli_train(int argc, char **argv)
                           .beta2 = o.beta2, .warmup_steps = o.warmup, .clip_norm = o.clip};
     cf_adam *opt = cf_adam_new(cf_flow_params(flow), &aopts);
     cf_batcher *batcher = cf_batcher_new(ds, &(cf_batcher_opts){.batch = o.batch,
-                                                                .seed = (uint64_t)o.seed});
+                                                                .seed = (uint64_t)o.seed,
+                                                                .rank = rank, .n_ranks = size});
     cf_ctx *ctx = cf_ctx_new(0);
     FILE *log = NULL;
     int status = 0;
@@ -210,13 +264,23 @@ int cli_train(int argc, char **argv)
             goto done;
         }
         step = meta.step;
-        printf("resumed %s at step %lld\n", o.resume, (long long)step);
-    } else if (init_actnorm(flow, ctx, ds, o.init_images, (uint64_t)o.seed) != CF_OK) {
-        fprintf(stderr, "cincflow train: initialising actnorm: %s\n", cf_ctx_error(ctx));
+        if (lead) printf("resumed %s at step %lld\n", o.resume, (long long)step);
+    } else {
+        if (size > 1) cf_flow_set_reducer(flow, cli_mpi_reduce, NULL);
+        cf_status st = init_actnorm(flow, ctx, ds, o.init_images, (uint64_t)o.seed, rank, size);
+        cf_flow_set_reducer(flow, NULL, NULL); /* initialised: nothing more to reduce */
+        if (st != CF_OK) {
+            fprintf(stderr, "cincflow train: initialising actnorm: %s\n", cf_ctx_error(ctx));
+            status = 1;
+            goto done;
+        }
+    }
+    if (size > 1 && sync_params(cf_flow_params(flow)) != CF_OK) {
+        fprintf(stderr, "cincflow train: %s\n", cf_last_error());
         status = 1;
         goto done;
     }
-    if (o.log) {
+    if (o.log && lead) {
         log = fopen(o.log, o.resume ? "a" : "w");
         if (!log) {
             fprintf(stderr, "cincflow train: --log %s: cannot open for writing\n", o.log);
@@ -229,16 +293,24 @@ int cli_train(int argc, char **argv)
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    bool tty = isatty(STDERR_FILENO);
-    printf("training %s+%s L=%d K=%d width %lld on %s (%lld images of %dx%dx%d): %lld "
-           "parameters%s\n", cli_conv_name(cfg.conv), cli_coupling_name(cfg.coupling), cfg.levels,
-           cfg.depth, (long long)cfg.hidden, o.data, (long long)cf_dataset_count(ds), h, w, c,
-           (long long)cf_params_numel(cf_flow_params(flow)),
-           recompute ? ", recomputing steps in backward" : "");
-    fflush(stdout);
+    bool tty = lead && isatty(STDERR_FILENO);
+    if (lead) {
+        printf("training %s+%s L=%d K=%d width %lld on %s (%lld images of %dx%dx%d): %lld "
+               "parameters%s\n", cli_conv_name(cfg.conv), cli_coupling_name(cfg.coupling),
+               cfg.levels, cfg.depth, (long long)cfg.hidden, o.data,
+               (long long)cf_dataset_count(ds), h, w, c,
+               (long long)cf_params_numel(cf_flow_params(flow)),
+               recompute ? ", recomputing steps in backward" : "");
+        if (size > 1)
+            printf("%d ranks x batch %lld = %lld images per step\n", size, (long long)o.batch,
+                   (long long)o.batch * size);
+        fflush(stdout);
+    }
 
     double t_start = cli_now(), t_last = t_start;
-    int64_t skips_in_row = 0, start_step = step;
+    int64_t skips_in_row = 0, start_step = step, global_batch = o.batch * size;
+    /* Several ranks: some rank wants to stop, some rank was interrupted (agreed each step). */
+    bool stop_all = false, interrupted_any = false;
     cf_tensor *x = cf_tensor_alloc(CF_F32, 4, (int64_t[]){o.batch, h, w, c});
     if (!x) {
         status = 1;
@@ -247,9 +319,8 @@ int cli_train(int argc, char **argv)
     for (;;) {
         double elapsed = cli_now() - t_start;
         int64_t epoch = cf_batcher_get_state(batcher).epoch;
-        if ((o.steps && step >= o.steps) || (o.epochs && epoch >= o.epochs) ||
-            (o.minutes && elapsed >= 60 * o.minutes) || interrupted)
-            break;
+        bool stop = size > 1 ? stop_all : (o.minutes && elapsed >= 60 * o.minutes) || interrupted;
+        if ((o.steps && step >= o.steps) || (o.epochs && epoch >= o.epochs) || stop) break;
         if (cf_batcher_next(batcher, x, NULL, NULL) != CF_OK) {
             fprintf(stderr, "\ncincflow train: %s\n", cf_last_error());
             status = 1;
@@ -264,6 +335,21 @@ int cli_train(int argc, char **argv)
             break;
         }
         double loss = cf_tensor_get(bpd, 0);
+        if (size > 1) { /* the mean loss, whether any rank's was not finite, and stops */
+            double v[4] = {isfinite(loss) ? loss : 0, !isfinite(loss),
+                           o.minutes && cli_now() - t_start >= 60 * o.minutes, interrupted};
+            cf_status st = cli_mpi_sum(v, 4, CF_F64);
+            if (st == CF_OK && v[1] == 0) st = average_gradients(cf_flow_params(flow), size);
+            if (st != CF_OK) {
+                fprintf(stderr, "\ncincflow train: step %lld: %s\n", (long long)step + 1,
+                        cf_last_error());
+                status = 1;
+                break;
+            }
+            loss = v[1] > 0 ? NAN : v[0] / size;
+            stop_all = v[2] > 0 || v[3] > 0;
+            interrupted_any = v[3] > 0;
+        }
         cf_step_info info = {0};
         bool skipped = !isfinite(loss) || cf_adam_step(opt, &info) != CF_OK;
         cf_ctx_reset(ctx);
@@ -271,10 +357,13 @@ int cli_train(int argc, char **argv)
             if (!isfinite(loss)) /* the optimizer did not see this step: count it there too */
                 cf_adam_set_counts(opt, cf_adam_step_count(opt), cf_adam_skipped_count(opt) + 1);
             if (++skips_in_row >= o.max_skips) {
-                fprintf(stderr, "\ncincflow train: stopped after %lld non-finite steps in a row "
-                                "(loss %g)%s%s%s\n", (long long)skips_in_row, loss,
-                        o.checkpoint ? "; the last good checkpoint is " : "",
-                        o.checkpoint ? o.checkpoint : "", o.checkpoint ? ", left as it was" : "");
+                *agreed = true; /* every rank counted the same skips */
+                if (lead)
+                    fprintf(stderr, "\ncincflow train: stopped after %lld non-finite steps in a "
+                                    "row (loss %g)%s%s%s\n", (long long)skips_in_row, loss,
+                            o.checkpoint ? "; the last good checkpoint is " : "",
+                            o.checkpoint ? o.checkpoint : "",
+                            o.checkpoint ? ", left as it was" : "");
                 status = 1;
                 break;
             }
@@ -282,9 +371,9 @@ int cli_train(int argc, char **argv)
         }
         skips_in_row = 0;
         step++;
-        double now = cli_now(), ips = (double)o.batch / (now - t0);
+        double now = cli_now(), ips = (double)global_batch / (now - t0);
         double test_bpd = NAN;
-        if (o.eval_every && step % o.eval_every == 0) {
+        if (lead && o.eval_every && step % o.eval_every == 0) {
             if (cli_eval_bpd(flow, test, o.eval_limit, 256, CF_DEQUANT_UNIFORM, 7, &test_bpd) != CF_OK) {
                 fprintf(stderr, "\ncincflow train: evaluation: %s\n", cf_last_error());
                 status = 1;
@@ -299,16 +388,16 @@ int cli_train(int argc, char **argv)
             if (isfinite(test_bpd)) fprintf(log, "%.6f", test_bpd);
             fprintf(log, ",%.1f\n", peak_rss_mb());
         }
-        if (tty || step % o.print_every == 0 || step == start_step + 1) {
+        if (lead && (tty || step % o.print_every == 0 || step == start_step + 1)) {
             double rate = (double)(step - start_step) / (now - t_start), eta = -1;
             if (o.steps) eta = (double)(o.steps - step) / rate;
             if (o.minutes) eta = fmax(0, 60 * o.minutes - (now - t_start));
             if (tty ? now - t_last > 0.2 : true) {
-                progress(tty, step, o.steps, loss, (double)o.batch * rate, eta);
+                progress(tty, step, o.steps, loss, (double)global_batch * rate, eta);
                 t_last = now;
             }
         }
-        if (o.checkpoint && step % o.checkpoint_every == 0 &&
+        if (lead && o.checkpoint && step % o.checkpoint_every == 0 &&
             save(o.checkpoint, flow, opt, batcher, step, o.data) != CF_OK) {
             fprintf(stderr, "\ncincflow train: %s\n", cf_last_error());
             status = 1;
@@ -316,7 +405,7 @@ int cli_train(int argc, char **argv)
         }
     }
     if (tty) fprintf(stderr, "\n");
-    if (status == 0 && o.checkpoint) {
+    if (lead && status == 0 && o.checkpoint) {
         if (save(o.checkpoint, flow, opt, batcher, step, o.data) != CF_OK) {
             fprintf(stderr, "cincflow train: %s\n", cf_last_error());
             status = 1;
@@ -324,11 +413,13 @@ int cli_train(int argc, char **argv)
             printf("checkpoint: %s (step %lld)\n", o.checkpoint, (long long)step);
         }
     }
-    printf("trained %lld steps in %.1f s (%lld skipped), peak memory %.0f MB\n",
-           (long long)(step - start_step), cli_now() - t_start,
-           (long long)cf_adam_skipped_count(opt), peak_rss_mb());
-    if (interrupted && status == 0) {
-        printf("interrupted: stopped after step %lld\n", (long long)step);
+    if (lead)
+        printf("trained %lld steps in %.1f s (%lld skipped), peak memory %.0f MB%s\n",
+               (long long)(step - start_step), cli_now() - t_start,
+               (long long)cf_adam_skipped_count(opt), peak_rss_mb(),
+               size > 1 ? " (rank 0)" : "");
+    if ((size > 1 ? interrupted_any : interrupted) && status == 0) {
+        if (lead) printf("interrupted: stopped after step %lld\n", (long long)step);
         status = 130;
     }
     cf_tensor_free(x);
@@ -341,5 +432,20 @@ done:
     cf_flow_free(flow);
     cf_dataset_free(test);
     cf_dataset_free(ds);
+    return status;
+}
+
+int cli_train(int argc, char **argv)
+{
+    int rank, size;
+    if (cli_mpi_init(&rank, &size) != CF_OK) return 1;
+    bool agreed = false;
+    int status = train(argc, argv, rank, size, &agreed);
+    /* A failure of this rank alone: the others may be waiting for it in a reduction. */
+    if (size > 1 && status == 1 && !agreed) {
+        fprintf(stderr, "cincflow train: rank %d of %d failed: ending every rank\n", rank, size);
+        cli_mpi_abort(status);
+    }
+    cli_mpi_finalize();
     return status;
 }

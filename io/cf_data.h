@@ -34,15 +34,20 @@
  * allocated, and no set may exceed the limits below.
  *
  * The batcher: each epoch is a permutation of the whole set drawn from (seed, epoch) alone
- * (Fisher-Yates with cf_rng), identical on every rank; rank r of R takes the r-th of R equal,
- * disjoint slices of it (floor(N / R) images; the N mod R left over change every epoch). A
- * slice yields floor(slice / B) batches; a partial last batch is never returned, and the next
- * call starts the next epoch. Each value is the dequantized pixel k in {0..255}:
+ * (Fisher-Yates with cf_rng), identical on every rank. Each step takes the next R B entries of
+ * it (R ranks, B images per rank's batch) and rank r takes entries r B .. r B + B - 1 of those,
+ * so R ranks with batch B together see exactly the images, in the same order, that one process
+ * with batch R B sees (R = 1 simply walks along the permutation). An epoch has floor(N / (R B))
+ * steps; the N mod R B images left over change every epoch; a partial last step is never
+ * taken, and the next call starts the next epoch. Each value is the dequantized pixel k in
+ * {0..255}:
  *   uniform:  x = k/256 - 0.5 + U(0, 1/256)   (training; lies in [k/256 - 0.5, (k+1)/256 - 0.5))
  *   midpoint: x = k/256 - 0.5 + 1/512         (deterministic, for evaluation)
- * The noise comes from a generator seeded by (seed, rank) that only the batcher draws from, one
- * draw per value in the batch's element order, so the state triple (epoch, position, noise
- * generator) restores the exact batch sequence.
+ * The noise of an image depends only on the seed, the epoch and the image's position g in the
+ * epoch's permutation: it comes from a generator of its own, seeded by (the state's noise key,
+ * epoch N + g), one draw per value in element order. Ranks therefore never share noise, R
+ * ranks with batch B get bit-identical values to one process with batch R B, and the state
+ * (epoch, position, key), the same on every rank, restores the exact batch sequence of each.
  *
  * Not here: decoding other image formats, augmentation, reading data lazily from disk,
  * MPI itself (the caller passes rank and rank count).
@@ -117,15 +122,16 @@ typedef struct cf_batcher_opts {
  * a saved state makes the batcher continue exactly where the saved one was. */
 typedef struct cf_batcher_state {
     int64_t epoch;    /* current epoch, from 0 */
-    int64_t position; /* images of this rank's slice of the epoch already returned */
-    cf_rng rng;       /* the dequantization noise generator */
+    int64_t position; /* entries of the epoch's permutation taken so far, by all ranks
+                       * together (steps so far times R B); the same on every rank */
+    cf_rng rng;       /* the noise key: seeded from the seed at creation, never advanced */
 } cf_batcher_state;
 
 typedef struct cf_batcher cf_batcher;
 
 /* Returns an owned batcher over ds (borrowed: it must outlive the batcher), or NULL with
- * cf_last_error() for bad options (batch <= 0, rank outside 0..n_ranks-1) or a slice smaller
- * than one batch. Free with cf_batcher_free (NULL accepted). */
+ * cf_last_error() for bad options (batch <= 0, rank outside 0..n_ranks-1) or a set smaller
+ * than one step (N < R B). Free with cf_batcher_free (NULL accepted). */
 cf_batcher *cf_batcher_new(const cf_dataset *ds, const cf_batcher_opts *opts);
 void cf_batcher_free(cf_batcher *b);
 
@@ -135,12 +141,14 @@ void cf_batcher_free(cf_batcher *b);
  * nothing) when x has another shape or dtype. */
 cf_status cf_batcher_next(cf_batcher *b, cf_tensor *x, int *labels, int64_t *indices);
 
-/* Batches per epoch (floor(slice / B)) and the slice's size, floor(N / n_ranks). */
+/* Batches per epoch, floor(N / (n_ranks B)) (the same on every rank), and the images this
+ * rank takes in an epoch, that times B. */
 int64_t cf_batcher_batches_per_epoch(const cf_batcher *b);
 int64_t cf_batcher_slice_size(const cf_batcher *b);
 
 /* The state, by value; and restoring one (CF_ERR_ARG for a negative epoch or a position
- * outside the slice, as a damaged checkpoint could hold; the batcher is then unchanged). */
+ * outside 0..N, as a damaged checkpoint could hold; the batcher is then unchanged). A state
+ * saved by any rank, or by a run with another rank count, restores on every rank. */
 cf_batcher_state cf_batcher_get_state(const cf_batcher *b);
 cf_status cf_batcher_set_state(cf_batcher *b, const cf_batcher_state *state);
 

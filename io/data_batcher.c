@@ -1,13 +1,21 @@
 /* data_batcher.c: shuffled, sharded, dequantized batches over a data set (see cf_data.h).
  *
- * Legend: N images in the set, R ranks, S = floor(N / R) images in each rank's slice of an
- * epoch, B images per batch.
+ * Legend: N images in the set, R ranks, B images per batch (per rank), so R B images per
+ * step; T = floor(N / (R B)) steps in an epoch.
  *
  * Epoch e's order is a Fisher-Yates permutation drawn from a generator seeded by (seed, e), so
- * it is a function of the seed and the epoch alone: every rank computes the same one and takes
- * positions r S .. r S + S - 1 of it, and restoring a state needs no stored permutation. The
- * permutation of the current epoch is cached (N indices). Noise comes from a second generator,
- * seeded by (seed, rank), which is the state's `rng`.
+ * it is a function of the seed and the epoch alone: every rank computes the same one, and
+ * restoring a state needs no stored permutation. A step takes the next R B entries of it; rank
+ * r takes entries r B .. r B + B - 1 of those. So R ranks with batch B see, step by step, the
+ * images one process with batch R B sees (for R = 1 this is the plain walk along the
+ * permutation). The permutation of the current epoch is cached (N indices).
+ *
+ * Noise: each image draws its own generator, seeded by (the state's key, e N + g) where g is
+ * its position in the epoch's permutation. The noise an image gets depends on where it is in
+ * the global order, never on which rank reads it or on what was drawn before, so R ranks with
+ * batch B get bit-identical inputs to one process with batch R B, ranks never share a noise
+ * stream, and a state (epoch, position, key) restores every rank exactly. Seeding costs four
+ * splitmix64 rounds per image, nothing next to the pixels' draws.
  *
  * Not here: partial batches, weighting or class balancing, prefetching on another thread.
  */
@@ -23,7 +31,7 @@
 struct cf_batcher {
     const cf_dataset *ds; /* borrowed */
     cf_batcher_opts opts; /* n_ranks filled in */
-    int64_t slice;        /* S */
+    int64_t steps;        /* T, steps per epoch */
     int64_t *perm;        /* (N) order of perm_epoch, owned */
     int64_t perm_epoch;   /* the epoch perm holds; -1 before the first */
     cf_batcher_state state;
@@ -50,12 +58,13 @@ cf_batcher *cf_batcher_new(const cf_dataset *ds, const cf_batcher_opts *opts)
         cf_set_error(CF_ERR_ARG, "cf_batcher_new: unknown dequantization %d", (int)o.dequant);
         return NULL;
     }
-    int64_t slice = ds->count / o.n_ranks;
-    if (slice < o.batch) {
+    /* floor(N / R) >= B exactly when N >= R B: each rank gets at least a batch per epoch. */
+    int64_t per_rank = ds->count / o.n_ranks;
+    if (per_rank < o.batch) {
         cf_set_error(CF_ERR_ARG,
                      "cf_batcher_new: %s has %lld images, so each of %d ranks gets "
                      "%lld per epoch, fewer than a batch of %lld",
-                     ds->source, (long long)ds->count, o.n_ranks, (long long)slice,
+                     ds->source, (long long)ds->count, o.n_ranks, (long long)per_rank,
                      (long long)o.batch);
         return NULL;
     }
@@ -69,10 +78,11 @@ cf_batcher *cf_batcher_new(const cf_dataset *ds, const cf_batcher_opts *opts)
     }
     b->ds = ds;
     b->opts = o;
-    b->slice = slice;
+    b->steps = ds->count / (o.batch * o.n_ranks);
     b->perm = perm;
     b->perm_epoch = -1;
-    cf_rng_seed(&b->state.rng, o.seed ^ NOISE_SALT, (uint64_t)o.rank);
+    /* The noise key: the same on every rank (see the header comment). */
+    cf_rng_seed(&b->state.rng, o.seed ^ NOISE_SALT, 0);
     return b;
 }
 
@@ -103,32 +113,47 @@ static void make_permutation(cf_batcher *b, int64_t epoch)
 
 cf_status cf_batcher_next(cf_batcher *b, cf_tensor *x, int *labels, int64_t *indices)
 {
-    int64_t B = b->opts.batch;
+    int64_t B = b->opts.batch, R = b->opts.n_ranks, N = b->ds->count;
     cf_status st = cf__data_check_batch(b->ds, x, B, "cf_batcher_next");
     if (st != CF_OK) return st;
-    if (b->state.position + B > b->slice) {
+    if (b->state.position + R * B > N) {
         b->state.epoch++;
         b->state.position = 0;
     }
     make_permutation(b, b->state.epoch);
-    const int64_t *idx = b->perm + (size_t)b->opts.rank * (size_t)b->slice + b->state.position;
-    cf__data_dequantize(b->ds, idx, B, x, b->opts.dequant, &b->state.rng);
+    int64_t first = b->state.position + (int64_t)b->opts.rank * B; /* g of this batch's image 0 */
+    const int64_t *idx = b->perm + first;
+    if (b->opts.dequant == CF_DEQUANT_MIDPOINT) {
+        cf__data_dequantize(b->ds, idx, B, x, CF_DEQUANT_MIDPOINT, NULL);
+    } else {
+        size_t image = (size_t)(x->numel / B) * cf_dtype_size(x->dtype);
+        for (int64_t i = 0; i < B; i++) {
+            cf_tensor one = *x; /* image i of x, as a batch of one */
+            one.shape[0] = 1;
+            one.numel = x->numel / B;
+            one.data = (char *)x->data + (size_t)i * image;
+            cf_rng noise;
+            cf_rng_seed(&noise, b->state.rng.s[0],
+                        (uint64_t)b->state.epoch * (uint64_t)N + (uint64_t)(first + i));
+            cf__data_dequantize(b->ds, idx + i, 1, &one, CF_DEQUANT_UNIFORM, &noise);
+        }
+    }
     for (int64_t i = 0; i < B; i++) {
         if (labels) labels[i] = cf_dataset_label(b->ds, idx[i]);
         if (indices) indices[i] = idx[i];
     }
-    b->state.position += B;
+    b->state.position += R * B;
     return CF_OK;
 }
 
 int64_t cf_batcher_batches_per_epoch(const cf_batcher *b)
 {
-    return b->slice / b->opts.batch;
+    return b->steps;
 }
 
 int64_t cf_batcher_slice_size(const cf_batcher *b)
 {
-    return b->slice;
+    return b->steps * b->opts.batch;
 }
 
 cf_batcher_state cf_batcher_get_state(const cf_batcher *b)
@@ -138,13 +163,13 @@ cf_batcher_state cf_batcher_get_state(const cf_batcher *b)
 
 cf_status cf_batcher_set_state(cf_batcher *b, const cf_batcher_state *state)
 {
-    if (state->epoch < 0 || state->position < 0 || state->position > b->slice)
+    if (state->epoch < 0 || state->position < 0 || state->position > b->ds->count)
         return cf_set_error(CF_ERR_ARG,
                             "cf_batcher_set_state: epoch %lld, position %lld: "
                             "expected epoch >= 0 and a position from 0 to the "
-                            "slice's %lld images",
+                            "set's %lld images",
                             (long long)state->epoch, (long long)state->position,
-                            (long long)b->slice);
+                            (long long)b->ds->count);
     b->state = *state;
     return CF_OK;
 }

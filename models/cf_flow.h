@@ -177,6 +177,20 @@ const int64_t *cf_flow_shape(const cf_flow *flow);
 /* Forward FLOPs per image, summed over layers. */
 double cf_flow_flops(const cf_flow *flow);
 
+/* Several processes training one model on shards of the data (data parallelism): a reducer
+ * sums buf (n doubles) in place over all of them and returns CF_OK, or a negative status when
+ * the exchange failed. Every process calls it with the same n, in the same order. The flow uses
+ * it for actnorm's data-dependent initialisation, so that the statistics are those of the
+ * union of the processes' batches and every process starts from the same parameters; nothing
+ * else in the library communicates (averaging gradients is the training loop's business, one
+ * all-reduce over cf_params_grad()). The library itself knows nothing of MPI: the command-line
+ * tool passes an MPI_Allreduce here. */
+typedef cf_status (*cf_reduce_fn)(double *buf, size_t n, void *user);
+/* Sets the flow's reducer (fn NULL: a single process, the default); user is passed along,
+ * borrowed. The reducer is called only during cf_flow_log_prob and cf_flow_encode, from the
+ * calling thread, and only while some actnorm layer is not initialised yet. */
+void cf_flow_set_reducer(cf_flow *flow, cf_reduce_fn fn, void *user);
+
 /* Memory that does not grow with depth: when on, a training forward keeps on the tape only
  * each flow step's input (one activation per step) and recomputes the step's forward, on a
  * tape of its own, during backward; so only one step's coupling-network activations are alive

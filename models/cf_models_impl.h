@@ -26,7 +26,16 @@ cf_status cf__add_logp(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term);
 
 /* Actnorm with data-dependent initialisation: when *initialized is 0, sets bias = -mean and
  * logs = -log(std + 1e-6) per channel from x's values (over every axis but the channel), and
- * sets the flag. Then returns actnorm(x, bias, logs), followed by a ReLU when relu is set. */
+ * sets the flag; with a reducer in force (below), the statistics are summed over processes.
+ * Then returns actnorm(x, bias, logs), followed by a ReLU when relu is set. */
+/* The reducer in force on this thread (fn NULL: one process). cf_flow_log_prob sets its flow's
+ * around the layers and restores the previous one after: layers reach it without it passing
+ * through every layer's signature. Returns the previous one. */
+typedef struct cf__reducer {
+    cf_reduce_fn fn;
+    void *user;
+} cf__reducer;
+cf__reducer cf__set_reducer(cf__reducer r);
 cf_tensor *cf__actnorm_apply(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tensor *logs,
                              cf_tensor *initialized, bool relu);
 

@@ -14,6 +14,7 @@ struct cf_flow {
     cf_ctx *scratch; /* runs one layer at a time with grad recording off (see run_layers) */
     bool recompute;  /* keep only step inputs on the tape (see run_segment) */
     cf_ctx *segment; /* where a step's forward is recomputed during backward */
+    cf__reducer reducer; /* sums actnorm's statistics over processes (fn NULL: one) */
 };
 
 /* ---- memory that does not grow with depth ----------------------------------------------
@@ -395,6 +396,11 @@ static bool check_input(cf_flow *f, cf_ctx *ctx, const cf_tensor *x)
     return true;
 }
 
+void cf_flow_set_reducer(cf_flow *f, cf_reduce_fn fn, void *user)
+{
+    f->reducer = (cf__reducer){fn, user};
+}
+
 cf_tensor *cf_flow_log_prob(cf_flow *f, cf_ctx *ctx, cf_tensor *x, cf_flow_io *io_out)
 {
     cf_flow_io local = {0}, *io = io_out ? io_out : &local;
@@ -402,7 +408,10 @@ cf_tensor *cf_flow_log_prob(cf_flow *f, cf_ctx *ctx, cf_tensor *x, cf_flow_io *i
     if (!check_input(f, ctx, x)) return NULL;
     io->x = x;
     io->batch = x->shape[0];
-    if (run_layers(f, ctx, io, false) != CF_OK) return NULL;
+    cf__reducer outer = cf__set_reducer(f->reducer);
+    cf_status st = run_layers(f, ctx, io, false);
+    cf__set_reducer(outer);
+    if (st != CF_OK) return NULL;
     if (!io->logdet) return io->logp;
     if (!io->logp) return io->logdet;
     return cf_add(ctx, io->logp, io->logdet);

@@ -1,6 +1,6 @@
 /* layer.c: what every flow layer shares: the base struct, tensor registration, the running
- * log-det and log-density, actnorm's data-dependent initialisation, Glow's zero-initialised
- * convolution, and drawing latents. */
+ * log-det and log-density, actnorm's data-dependent initialisation (and the reducer that sums
+ * its statistics over processes), Glow's zero-initialised convolution, and drawing latents. */
 #include "cf_models_impl.h"
 
 bool cf__layer_init(cf_layer *l, const cf_layer_vtable *vt, const char *name,
@@ -66,6 +66,26 @@ cf_status cf__add_logp(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term)
     return accumulate(ctx, &io->logp, term, io->x ? io->x->shape[0] : io->batch);
 }
 
+static _Thread_local cf__reducer active_reducer;
+
+cf__reducer cf__set_reducer(cf__reducer r)
+{
+    cf__reducer old = active_reducer;
+    active_reducer = r;
+    return old;
+}
+
+/* Sums buf over the processes with the reducer in force (nothing to do for one process). */
+static bool reduce(cf_ctx *ctx, double *buf, size_t n)
+{
+    if (!active_reducer.fn) return true;
+    cf_status st = active_reducer.fn(buf, n, active_reducer.user);
+    if (st == CF_OK) return true;
+    cf_ctx_fail(ctx, st, "actnorm initialisation: summing statistics over processes: %s",
+                cf_strerror(st));
+    return false;
+}
+
 cf_tensor *cf__actnorm_apply(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tensor *logs,
                              cf_tensor *initialized, bool relu)
 {
@@ -73,14 +93,25 @@ cf_tensor *cf__actnorm_apply(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tens
     if (cf_tensor_get(initialized, 0) == 0.0) {
         int64_t C = bias->numel, P = x->numel / C;
         /* Per-channel mean and variance, rows outer and channels inner (contiguous), summed in
-         * double: shifted by the first row's values so the variance does not cancel. */
-        double *acc = calloc((size_t)(3 * C), sizeof(double));
+         * double: shifted by the first row's values so the variance does not cancel. With
+         * several processes the shift must be common, so it is the mean of their first rows
+         * (one reduction of C + 1 values), and then the shifted sums and the row count are
+         * reduced (2C + 1 values); one process reduces nothing and shifts by its first row. */
+        double *acc = calloc((size_t)(3 * C + 2), sizeof(double));
         if (!acc) {
             cf_ctx_fail(ctx, CF_ERR_NOMEM, "actnorm initialisation: out of memory");
             return NULL;
         }
-        double *shift = acc, *s1 = acc + C, *s2 = acc + 2 * C;
+        double *shift = acc, *s1 = acc + C + 1, *s2 = s1 + C, *rows = s2 + C;
         for (int64_t c = 0; c < C && P > 0; c++) shift[c] = cf_tensor_get(x, c);
+        if (active_reducer.fn) {
+            shift[C] = P > 0; /* processes that have a first row */
+            if (!reduce(ctx, shift, (size_t)C + 1)) {
+                free(acc);
+                return NULL;
+            }
+            for (int64_t c = 0; c < C; c++) shift[c] = shift[C] > 0 ? shift[c] / shift[C] : 0;
+        }
         if (x->dtype == CF_F32) {
             const float *v = x->data;
             for (int64_t p = 0; p < P; p++)
@@ -95,8 +126,24 @@ cf_tensor *cf__actnorm_apply(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tens
                     s1[c] += d, s2[c] += d * d;
                 }
         }
+        *rows = (double)P;
+        if (!reduce(ctx, s1, 2 * (size_t)C + 1)) {
+            free(acc);
+            return NULL;
+        }
+        double n = *rows;
+        /* A NaN or infinity in the batch would become the parameters: refuse it, naming them. */
+        for (int64_t c = 0; c < C; c++)
+            if (!isfinite(s1[c]) || !isfinite(s2[c]) || !isfinite(shift[c])) {
+                free(acc);
+                cf_ctx_fail(ctx, CF_ERR_NUMERIC, "actnorm initialisation of %s: the statistics "
+                            "of channel %lld are not finite (a NaN or infinity in the batch it "
+                            "was initialised from)", bias->name ? bias->name : "an actnorm",
+                            (long long)c);
+                return NULL;
+            }
         for (int64_t c = 0; c < C; c++) {
-            double m = P ? s1[c] / (double)P : 0, var = P ? s2[c] / (double)P - m * m : 1;
+            double m = n > 0 ? s1[c] / n : 0, var = n > 0 ? s2[c] / n - m * m : 1;
             cf_tensor_set(bias, c, -(shift[c] + m));
             cf_tensor_set(logs, c, -log(sqrt(var > 0 ? var : 0) + 1e-6));
         }

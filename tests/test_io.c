@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -801,34 +802,86 @@ START_TEST(test_batcher_deterministic)
 }
 END_TEST
 
-/* Loop: N 12 (divisible by 3 ranks: the slices cover the set) and N 14 (2 left over). */
+/* Loop: N 12 (divisible by R B: each epoch covers the set) and N 14 (2 left over). At every
+ * step the 3 ranks' batches, one after the other, are the batch of a single process with batch
+ * R B: the same images in the same order and bit-identical values, noise included. */
 START_TEST(test_batcher_sharding)
 {
     int N = _i ? 14 : 12, R = 3, B = 2;
     char spec[64];
     snprintf(spec, sizeof spec, "synthetic:2x2x1:%d", N);
     cf_dataset *ds = cf_dataset_open(spec, NULL);
-    cf_tensor *x = batch_tensor(ds, B, CF_F64);
-    cf_batcher *ranks[3];
+    cf_tensor *x = batch_tensor(ds, B, CF_F64), *whole = batch_tensor(ds, R * B, CF_F64);
+    cf_batcher *ranks[3], *one = make_batcher(ds, R * B, 99, 0, 1);
     for (int r = 0; r < R; r++) {
         ranks[r] = make_batcher(ds, B, 99, r, R);
         ck_assert_int_eq(cf_batcher_slice_size(ranks[r]), 4);
         ck_assert_int_eq(cf_batcher_batches_per_epoch(ranks[r]), 2);
     }
+    int64_t D = x->numel / B;
     for (int e = 0; e < 3; e++) {
         int seen[14] = {0}, total = 0;
-        for (int r = 0; r < R; r++) {
-            int64_t idx[4];
-            draw_epoch(ranks[r], x, idx);
-            for (int i = 0; i < 4; i++, total++) seen[idx[i]]++;
+        for (int k = 0; k < 2; k++) {
+            int64_t iw[6];
+            ck_assert_int_eq(cf_batcher_next(one, whole, NULL, iw), CF_OK);
+            for (int r = 0; r < R; r++) {
+                int64_t idx[2];
+                ck_assert_int_eq(cf_batcher_next(ranks[r], x, NULL, idx), CF_OK);
+                ck_assert_int_eq(cf_batcher_get_state(ranks[r]).epoch, e);
+                for (int i = 0; i < B; i++, total++) {
+                    seen[idx[i]]++;
+                    ck_assert_int_eq(idx[i], iw[r * B + i]);
+                }
+                ck_assert_int_eq(memcmp(x->data, (double *)whole->data + r * B * D,
+                                        (size_t)x->numel * sizeof(double)),
+                                 0);
+            }
         }
         for (int i = 0; i < N; i++) ck_assert_msg(seen[i] <= 1, "image %d seen twice", i);
         ck_assert_int_eq(total, 12);
         if (N == 12)
             for (int i = 0; i < N; i++) ck_assert_msg(seen[i] == 1, "epoch %d missed %d", e, i);
     }
-    for (int r = 0; r < R; r++) cf_batcher_free(ranks[r]);
+    for (int r = 0; r < R; r++) {
+        cf_batcher_state s = cf_batcher_get_state(ranks[r]), t = cf_batcher_get_state(one);
+        ck_assert_int_eq(memcmp(&s, &t, sizeof s), 0); /* one state for every rank */
+        cf_batcher_free(ranks[r]);
+    }
+    cf_batcher_free(one);
     cf_tensor_free(x);
+    cf_tensor_free(whole);
+    cf_dataset_free(ds);
+}
+END_TEST
+
+/* Ranks draw different noise: the same image at the same place of two epochs' orders, or at
+ * two places, is dequantized differently (sequential order: image i sits at position i). */
+START_TEST(test_batcher_noise_per_position)
+{
+    cf_dataset *ds = cf_dataset_open("synthetic:4x4x1:8", NULL);
+    cf_tensor *a = batch_tensor(ds, 2, CF_F32), *b = batch_tensor(ds, 2, CF_F32);
+    cf_batcher *r0 = cf_batcher_new(
+        ds, &(cf_batcher_opts){.batch = 2, .seed = 4, .rank = 0, .n_ranks = 2, .sequential = true});
+    cf_batcher *r1 = cf_batcher_new(
+        ds, &(cf_batcher_opts){.batch = 2, .seed = 4, .rank = 1, .n_ranks = 2, .sequential = true});
+    ck_assert_ptr_nonnull(r0);
+    ck_assert_ptr_nonnull(r1);
+    int64_t i0[2], i1[2];
+    ck_assert_int_eq(cf_batcher_next(r0, a, NULL, i0), CF_OK);
+    ck_assert_int_eq(cf_batcher_next(r1, b, NULL, i1), CF_OK);
+    ck_assert_int_eq(i0[0], 0);
+    ck_assert_int_eq(i1[0], 2);
+    ck_assert_int_ne(memcmp(a->data, b->data, (size_t)a->numel * sizeof(float)), 0);
+    float first[32];
+    memcpy(first, a->data, sizeof first);
+    for (int k = 0; k < 2; k++) ck_assert_int_eq(cf_batcher_next(r0, a, NULL, i0), CF_OK);
+    ck_assert_int_eq(cf_batcher_get_state(r0).epoch, 1);
+    ck_assert_int_eq(i0[0], 0); /* image 0 again, at position 0 of epoch 1 */
+    ck_assert_int_ne(memcmp(a->data, first, sizeof first), 0);
+    cf_batcher_free(r0);
+    cf_batcher_free(r1);
+    cf_tensor_free(a);
+    cf_tensor_free(b);
     cf_dataset_free(ds);
 }
 END_TEST
@@ -887,12 +940,12 @@ END_TEST
 START_TEST(test_batcher_state_restore)
 {
     cf_dataset *ds = cf_dataset_open("synthetic:3x2x1:10", NULL);
-    cf_batcher *a = make_batcher(ds, 3, 21, 1, 2); /* rank 1 of 2: slices of 5, 1 batch */
+    cf_batcher *a = make_batcher(ds, 3, 21, 1, 2); /* rank 1 of 2: 1 step of 6 images */
     cf_tensor *xa = batch_tensor(ds, 3, CF_F32), *xb = batch_tensor(ds, 3, CF_F32);
     for (int k = 0; k < 5; k++) ck_assert_int_eq(cf_batcher_next(a, xa, NULL, NULL), CF_OK);
     cf_batcher_state saved = cf_batcher_get_state(a);
     ck_assert_int_eq(saved.epoch, 4);
-    ck_assert_int_eq(saved.position, 3);
+    ck_assert_int_eq(saved.position, 6); /* global: both ranks' 3 */
     cf_batcher *b = make_batcher(ds, 3, 21, 1, 2);
     ck_assert_int_eq(cf_batcher_set_state(b, &saved), CF_OK);
     for (int k = 0; k < 4; k++) {
@@ -1613,6 +1666,38 @@ START_TEST(test_checkpoint_overwrite)
 }
 END_TEST
 
+/* A temporary left by a writer that was killed mid-save ("<path>.tmp.<pid>" whose pid no longer
+ * exists) is removed by the next save to the same path; a live process's temporary, another
+ * path's and a name that only looks alike are kept. */
+START_TEST(test_checkpoint_stale_temporaries)
+{
+    const char *path = tpath("model.h5");
+    pid_t child = fork();
+    ck_assert_int_ge(child, 0);
+    if (child == 0) _exit(0);
+    ck_assert_int_eq(waitpid(child, NULL, 0), child); /* reaped: the pid names no process */
+    ck_assert_int_eq(kill(child, 0), -1);
+    ck_assert_int_eq(errno, ESRCH);
+    char stale[600], live[600], other[600], alike[600];
+    snprintf(stale, sizeof stale, "%s.tmp.%ld", path, (long)child);
+    snprintf(live, sizeof live, "%s.tmp.%ld", path, (long)getppid());
+    snprintf(other, sizeof other, "%s.tmp.%ld", tpath("other.h5"), (long)child);
+    snprintf(alike, sizeof alike, "%s.tmp.%ld.x", path, (long)child);
+    const char *files[4] = {stale, live, other, alike};
+    for (int i = 0; i < 4; i++) write_bytes(files[i], "partial", 7);
+    cf_params *ps = make_model(CF_F32, 0, 1), *back = make_model(CF_F32, 0, 0);
+    ck_assert_int_eq(cf_checkpoint_save(path, ps, NULL, NULL), CF_OK);
+    ck_assert_msg(!exists(stale), "the stale temporary %s was kept", stale);
+    for (int i = 1; i < 4; i++) ck_assert_msg(exists(files[i]), "%s was removed", files[i]);
+    ck_assert_int_eq(cf_checkpoint_load(path, back, NULL, NULL), CF_OK);
+    expect_same_tensors(ps, back);
+    for (int i = 1; i < 4; i++) unlink(files[i]);
+    expect_no_temporaries(tmpdir);
+    cf_params_free(ps);
+    cf_params_free(back);
+}
+END_TEST
+
 /* The configuration alone, as a tool that rebuilds the model would read it. */
 START_TEST(test_checkpoint_read_config)
 {
@@ -1744,6 +1829,7 @@ static Suite *io_suite(void)
     tcase_add_test(batcher, test_batcher_permutation);
     tcase_add_test(batcher, test_batcher_deterministic);
     tcase_add_loop_test(batcher, test_batcher_sharding, 0, 2);
+    tcase_add_test(batcher, test_batcher_noise_per_position);
     tcase_add_loop_test(batcher, test_batcher_dequantization, 0, 2);
     tcase_add_test(batcher, test_batcher_state_restore);
     tcase_add_test(batcher, test_batcher_errors);
@@ -1767,6 +1853,7 @@ static Suite *io_suite(void)
     tcase_add_test(ckpt, test_checkpoint_bad_files);
     tcase_add_loop_test(ckpt, test_checkpoint_failed_write_keeps_old, 0, 5);
     tcase_add_test(ckpt, test_checkpoint_overwrite);
+    tcase_add_test(ckpt, test_checkpoint_stale_temporaries);
     tcase_add_test(ckpt, test_checkpoint_read_config);
     tcase_add_test(ckpt, test_meta_entries);
     tcase_add_test(ckpt, test_checkpoint_batcher_resume);
