@@ -269,6 +269,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
         if (size > 1) cf_flow_set_reducer(flow, cli_mpi_reduce, NULL);
         cf_status st = init_actnorm(flow, ctx, ds, o.init_images, (uint64_t)o.seed, rank, size);
         cf_flow_set_reducer(flow, NULL, NULL); /* initialised: nothing more to reduce */
+        cf_flow_trim(flow); /* the pass over init-images kept a layer's worth of them */
         if (st != CF_OK) {
             fprintf(stderr, "cincflow train: initialising actnorm: %s\n", cf_ctx_error(ctx));
             status = 1;
@@ -379,6 +380,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
                 status = 1;
                 break;
             }
+            cf_flow_trim(flow); /* the evaluation's batches of 256 */
             if (!tty) printf("step %lld  test bpd %.4f\n", (long long)step, test_bpd);
         }
         if (log) {

@@ -200,6 +200,11 @@ void cf_flow_set_reducer(cf_flow *flow, cf_reduce_fn fn, void *user);
 void cf_flow_set_recompute(cf_flow *flow, bool on);
 bool cf_flow_recompute(const cf_flow *flow);
 
+/* Gives back the memory of the flow's own working arenas (the one-layer-at-a-time arena of
+ * grad-free passes and the recomputation arena); they are made again when next needed. For
+ * after a large one-off pass, such as actnorm's initialisation on many images. */
+void cf_flow_trim(cf_flow *flow);
+
 /* Forward on the tape: x (B, H, W, C), dequantized. Returns log p(x) per image (B) (the
  * latents' log-densities plus the log-determinants), and fills io (may be NULL) with the
  * latents. NULL on failure (the context's status says why). */

@@ -197,6 +197,14 @@ cf_status cf_flow_add(cf_flow *f, cf_layer *layer)
     return CF_OK;
 }
 
+void cf_flow_trim(cf_flow *f)
+{
+    if (!f) return;
+    cf_ctx_free(f->scratch);
+    cf_ctx_free(f->segment);
+    f->scratch = f->segment = NULL;
+}
+
 void cf_flow_free(cf_flow *f)
 {
     if (!f) return;
