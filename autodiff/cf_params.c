@@ -57,11 +57,12 @@ cf_dtype cf_params_dtype(const cf_params *ps)
     return ps->dtype;
 }
 
+/* The new buffer's tail past old_bytes is left untouched (and so, for a large buffer, not yet
+ * resident): flat_add zeroes each range it hands out. */
 static void *realloc_aligned(void *old, size_t old_bytes, size_t bytes)
 {
     void *p = NULL;
     if (posix_memalign(&p, CF_PARAM_ALIGN_BYTES, bytes) != 0) return NULL;
-    memset(p, 0, bytes);
     if (old) memcpy(p, old, old_bytes);
     free(old);
     return p;
@@ -112,11 +113,11 @@ static cf_tensor *flat_add(cf_params *ps, flat *f, bool trainable, const char *n
     if (need > f->capacity) {
         size_t cap = f->capacity ? 2 * f->capacity : 4096;
         while (cap < need) cap *= 2;
-        void *data = realloc_aligned(f->data, f->capacity * esize, cap * esize);
+        void *data = realloc_aligned(f->data, f->numel * esize, cap * esize);
         if (data) f->data = data;
         void *grad = NULL;
         if (data && trainable) {
-            grad = realloc_aligned(f->grad, f->capacity * esize, cap * esize);
+            grad = realloc_aligned(f->grad, f->numel * esize, cap * esize);
             if (grad) f->grad = grad;
         }
         if (!data || (trainable && !grad)) {
@@ -133,6 +134,10 @@ static cf_tensor *flat_add(cf_params *ps, flat *f, bool trainable, const char *n
             if (trainable) f->items[i]->grad = (char *)f->grad + f->offsets[i] * esize;
         }
     }
+    /* The elements handed out now, alignment gap included, start as zeros (the flat loops of
+     * optimizers and all-reduces read the gaps too). */
+    memset((char *)f->data + f->numel * esize, 0, (need - f->numel) * esize);
+    if (trainable) memset((char *)f->grad + f->numel * esize, 0, (need - f->numel) * esize);
     cf_tensor *t = calloc(1, sizeof *t);
     char *copy = t ? strdup(name) : NULL;
     if (!copy) {
