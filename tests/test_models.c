@@ -436,6 +436,57 @@ START_TEST(test_thread_count_invariance)
 }
 END_TEST
 
+/* A whole model's f32 gradients with the fast kernels (which write fresh gradients instead of
+ * adding into zeros, fuse the coupling networks' conv + actnorm + ReLU, and recycle dead
+ * gradient buffers) equal those of the reference kernels (plain loops in double, adding into
+ * zeroed buffers), and recycling changes nothing (CF_BACKWARD_KEEP_GRADS). Shapes that take
+ * every convolution path: 1x1, im2col (thin inputs), col2im (thin outputs), rows (C >= 16,
+ * 16-wide rows), the masked convs; a second backward pass reuses the spare buffers. */
+START_TEST(test_fast_gradients_match_reference)
+{
+    cf_flow_config cfg = {.height = 32, .width = 32, .channels = 1, .levels = 2, .depth = 2,
+                          .hidden = 32, .seed = 4};
+    cf_flow *f = cf_flow_new(&cfg, CF_F32);
+    ck_assert_ptr_nonnull(f);
+    perturb_flow(f, 0.05);
+    cf_params *ps = cf_flow_params(f);
+    size_t n = cf_params_flat_numel(ps);
+    float *g[3];
+    double loss[3];
+    for (int mode = 0; mode < 3; mode++) { /* reference, fast, fast keeping every gradient */
+        g[mode] = malloc(n * sizeof(float));
+        cf_ctx *ctx = cf_ctx_new(0);
+        cf_ctx_set_kernels(ctx, mode == 0 ? CF_KERNELS_REFERENCE : CF_KERNELS_FAST);
+        for (int pass = 0; pass < 2; pass++) {
+            cf_ctx_reset(ctx);
+            cf_rng rng;
+            cf_rng_seed(&rng, 21, 0);
+            cf_tensor *x = cf_tensor_new_v(ctx, CF_F32, 3, 32, 32, 1);
+            cf_tensor_fill_uniform(x, &rng, -0.5, 0.5);
+            cf_params_zero_grad(ps);
+            cf_tensor *bpd = cf_flow_bpd(f, ctx, x);
+            ck_assert_msg(bpd, "%s", cf_ctx_error(ctx));
+            ck_assert_int_eq(cf_backward_ex(ctx, bpd, NULL, mode == 2 ? CF_BACKWARD_KEEP_GRADS : 0),
+                             CF_OK);
+            loss[mode] = cf_tensor_get(bpd, 0);
+        }
+        memcpy(g[mode], cf_params_grad(ps), n * sizeof(float));
+        cf_ctx_free(ctx);
+    }
+    double scale = 0, err = 0;
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(g[0][i]));
+    for (size_t i = 0; i < n; i++) err = fmax(err, fabs(g[1][i] - g[0][i]));
+    ck_assert_msg(scale > 0, "no gradient");
+    ck_assert_msg(err <= 1e-5 * scale, "fast gradients differ from the reference by %g (scale %g)",
+                  err, scale);
+    ck_assert_msg(memcmp(g[1], g[2], n * sizeof(float)) == 0,
+                  "recycling gradient buffers changed the gradients");
+    ck_assert_double_eq_tol(loss[0], loss[1], 1e-5 * fabs(loss[0]));
+    for (int mode = 0; mode < 3; mode++) free(g[mode]);
+    cf_flow_free(f);
+}
+END_TEST
+
 /* ---- counts and errors --------------------------------------------------------------------- */
 
 START_TEST(test_paper_parameter_counts)
@@ -505,6 +556,7 @@ static Suite *models_suite(void)
     tcase_add_test(models, test_identity_model_closed_form);
     tcase_add_test(models, test_recompute_matches_plain);
     tcase_add_test(models, test_thread_count_invariance);
+    tcase_add_test(models, test_fast_gradients_match_reference);
     tcase_add_test(models, test_paper_parameter_counts);
     tcase_add_test(models, test_shapes_that_cannot_work);
     suite_add_tcase(s, models);
