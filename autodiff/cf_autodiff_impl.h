@@ -45,6 +45,9 @@ void cf__grad_release(cf_ctx *ctx, void *p, size_t bytes);
 /* An arena tensor whose data is not initialised (NaN-filled in poison mode): op outputs,
  * which their kernels overwrite entirely. */
 cf_tensor *cf__tensor_new_uninit(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape);
+/* An arena tensor header whose data the caller provides (data NULL, flag CF_TENSOR_VIEW): the
+ * outputs an op declares borrowed. */
+cf_tensor *cf__tensor_new_borrowed(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape);
 
 /* Registers the built-in ops (defined in ops/cf_ops.c; called once by the registry). */
 void cf__register_builtins(void);

@@ -206,7 +206,10 @@ cf_status cf_op_apply(cf_ctx *ctx, const cf_op_def *op, int n_in, cf_tensor *con
     node->recording = recording;
     for (int i = 0; i < n_in; i++) node->in[i] = in[i];
     for (int i = 0; i < n_out; i++) {
-        node->out[i] = op->zeroed_outputs
+        node->out[i] = op->borrowed_outputs & (1u << i)
+                           ? cf__tensor_new_borrowed(ctx, shapes[i].dtype, shapes[i].ndim,
+                                                     shapes[i].shape)
+                       : op->zeroed_outputs
                            ? cf_tensor_new(ctx, shapes[i].dtype, shapes[i].ndim, shapes[i].shape)
                            : cf__tensor_new_uninit(ctx, shapes[i].dtype, shapes[i].ndim,
                                                    shapes[i].shape);
@@ -224,6 +227,9 @@ cf_status cf_op_apply(cf_ctx *ctx, const cf_op_def *op, int n_in, cf_tensor *con
         if (ctx->status == CF_OK) cf_ctx_fail(ctx, st, "op '%s': forward failed", op->name);
         return ctx->status;
     }
+    for (int i = 0; i < n_out; i++)
+        CF_ASSERT(node->out[i]->data || node->out[i]->numel == 0,
+                  "op '%s': its forward gave borrowed output %d no memory", op->name, i);
     if (recording) {
         if (!push_node(ctx, node)) return ctx->status;
         for (int i = 0; i < n_out; i++) {

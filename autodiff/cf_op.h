@@ -13,8 +13,9 @@
  * (cf_node): inputs, outputs, attributes, buffers saved for backward.
  *
  * Backward kernels read the output gradients (n->out[i]->grad, never NULL: an unused output
- * gets zeros) and add (+=) into the input gradients they get from cf_node_grad_in(), or hand a
- * gradient tensor of their own to cf_node_accumulate_grad(). The tape checks that each input
+ * gets zeros) and add (+=) into the input gradients they get from cf_node_grad_in() (or write
+ * them when cf_node_grad_in_ex() says they are the first writer), or hand a gradient tensor
+ * of their own to cf_node_accumulate_grad(). The tape checks that each input
  * that requires a gradient got one, and of the right shape; an op's backward is only its math.
  *
  * Dimension legend in kernels: B batch, H, W spatial, C channels, N elements.
@@ -97,6 +98,9 @@ struct cf_op_def {
     unsigned no_grad_inputs;   /* bit i: input i takes no gradient (indices, masks) */
     bool zeroed_outputs;       /* outputs start as zeros (kernels that accumulate into them);
                                 * otherwise they start uninitialised */
+    unsigned borrowed_outputs; /* bit i: output i gets no arena storage; the forward kernels
+                                * point its ->data at memory of their own that outlives every
+                                * use of the output (it is marked CF_TENSOR_VIEW) */
     /* Optional: fills test case `index` for gradcheck; returns false past the last case.
      * Without it, gradcheck draws every input of one (2, 3, 4, 5) shape from [-2, 2]. */
     bool (*make_case)(int index, cf_op_case *c);

@@ -358,8 +358,10 @@ void *cf_ctx_alloc(cf_ctx *ctx, size_t bytes, const char *what)
     return p;
 }
 
-/* Shape checks and the two arena allocations shared by the tensor constructors. */
-static cf_tensor *arena_tensor(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape)
+/* Shape checks and the arena allocations shared by the tensor constructors; with_data false:
+ * the header alone (data NULL, for outputs whose kernels bring their own memory). */
+static cf_tensor *arena_header(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape,
+                               bool with_data)
 {
     if (ctx->status != CF_OK) return NULL;
     cf_tensor tmp = {0};
@@ -369,11 +371,24 @@ static cf_tensor *arena_tensor(cf_ctx *ctx, cf_dtype dtype, int ndim, const int6
         return NULL;
     }
     cf_tensor *t = cf_ctx_alloc(ctx, sizeof *t, "a tensor header");
-    void *data = t ? cf_ctx_alloc(ctx, (size_t)tmp.numel * cf_dtype_size(dtype), "tensor data")
-                   : NULL;
-    if (!data) return NULL;
+    void *data = t && with_data
+                     ? cf_ctx_alloc(ctx, (size_t)tmp.numel * cf_dtype_size(dtype), "tensor data")
+                     : NULL;
+    if (!t || (with_data && !data)) return NULL;
     *t = tmp;
     t->data = data;
+    return t;
+}
+
+static cf_tensor *arena_tensor(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape)
+{
+    return arena_header(ctx, dtype, ndim, shape, true);
+}
+
+cf_tensor *cf__tensor_new_borrowed(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape)
+{
+    cf_tensor *t = arena_header(ctx, dtype, ndim, shape, false);
+    if (t) t->flags |= CF_TENSOR_VIEW;
     return t;
 }
 
