@@ -61,7 +61,7 @@ typedef struct train_opts {
     double lr, clip, minutes, beta1, beta2;
     int64_t warmup, batch, steps, epochs, seed, checkpoint_every, eval_every, eval_limit;
     int64_t init_images, max_skips, threads, print_every;
-    int recompute; /* auto, on, off */
+    int recompute; /* auto, on, off, rebuild */
 } train_opts;
 
 /* Actnorm's data-dependent initialisation: one forward, grad recording off, on a batch of n
@@ -183,7 +183,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
         {"--max-skips", CLI_INT, &o.max_skips, 1, 1e9, NULL, "non-finite steps in a row before stopping (default 20)"},
         {"--threads", CLI_INT, &o.threads, 1, 4096, NULL, "threads (default all cores)"},
         {"--print-every", CLI_INT, &o.print_every, 1, 1e12, NULL, "steps between progress lines when not on a terminal (default 50)"},
-        {"--recompute", CLI_CHOICE, &o.recompute, 0, 0, "auto|on|off", "keep one activation per step and recompute during backward (auto: when activations would pass 4 GB)"},
+        {"--recompute", CLI_CHOICE, &o.recompute, 0, 0, "auto|on|off|rebuild", "keep one activation per step and recompute during backward (auto: when activations would pass 4 GB; rebuild: not even that, each step's input rebuilt with the inverses)"},
     };
     int n = 23;
     n += cli_model_flags(flags + n, &o.model);
@@ -232,7 +232,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
             return 1;
         }
     }
-    bool recompute = o.recompute == 1 ||
+    bool recompute = o.recompute == 1 || o.recompute == 3 ||
                      (o.recompute == 0 && cli_activation_bytes(&cfg, o.batch, false) > 4e9);
     if (!cli_check_memory("train", &cfg, o.batch, true, recompute)) return 2;
     cf_flow *flow = cf_flow_new(&cfg, CF_F32);
@@ -241,6 +241,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
         return 2;
     }
     cf_flow_set_recompute(flow, recompute);
+    cf_flow_set_rebuild_inputs(flow, o.recompute == 3);
     cf_adam_opts aopts = {.kind = (cf_optim_kind)o.optimizer, .lr = o.lr, .beta1 = o.beta1,
                           .beta2 = o.beta2, .warmup_steps = o.warmup, .clip_norm = o.clip};
     cf_adam *opt = cf_adam_new(cf_flow_params(flow), &aopts);
@@ -301,7 +302,9 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
                cfg.levels, cfg.depth, (long long)cfg.hidden, o.data,
                (long long)cf_dataset_count(ds), h, w, c,
                (long long)cf_params_numel(cf_flow_params(flow)),
-               recompute ? ", recomputing steps in backward" : "");
+               o.recompute == 3 ? ", recomputing steps in backward from rebuilt inputs"
+               : recompute      ? ", recomputing steps in backward"
+                                : "");
         if (size > 1)
             printf("%d ranks x batch %lld = %lld images per step\n", size, (long long)o.batch,
                    (long long)o.batch * size);

@@ -199,6 +199,11 @@ void cf_flow_set_reducer(cf_flow *flow, cf_reduce_fn fn, void *user);
  * and priors, cut into pieces of at most 3 layers. */
 void cf_flow_set_recompute(cf_flow *flow, bool on);
 bool cf_flow_recompute(const cf_flow *flow);
+/* With recomputation on, keep not even the steps' inputs: consecutive steps' outputs alternate
+ * between two buffers of the flow, and each step's backward first rebuilds its input from its
+ * output with the layers' inverses (exact up to rounding), then recomputes. Memory then no
+ * longer grows with depth at all, for one more inverse pass of compute. Off by default. */
+void cf_flow_set_rebuild_inputs(cf_flow *flow, bool on);
 
 /* Gives back the memory of the flow's own working arenas (the one-layer-at-a-time arena of
  * grad-free passes and the recomputation arena); they are made again when next needed. For

@@ -13,7 +13,10 @@ struct cf_flow {
     int n_layers, cap_layers;
     cf_ctx *scratch; /* runs one layer at a time with grad recording off (see run_layers) */
     bool recompute;  /* keep only step inputs on the tape (see run_segment) */
+    bool rebuild;    /* with recompute: not even those, rebuilt by the inverses (see below) */
     cf_ctx *segment; /* where a step's forward is recomputed during backward */
+    void *slot[2];   /* rebuild: the two buffers consecutive steps' outputs alternate in */
+    size_t slot_bytes;
     cf__reducer reducer; /* sums actnorm's statistics over processes (fn NULL: one) */
 };
 
@@ -28,6 +31,8 @@ struct cf_flow {
 typedef struct segment_attrs {
     cf_flow *flow;
     int first, count; /* layers [first, first + count) */
+    int slot;         /* rebuild: the slot its output x goes to (0 or 1), or -1: the arena */
+    bool rebuild;     /* its input is a slot: rebuilt from the output before the replay */
 } segment_attrs;
 
 /* Runs the segment's layers on io in ctx (forward). */
@@ -68,6 +73,8 @@ static cf_status segment_fwd(cf_node *n)
     cf_ctx *s = segment_ctx(n, false);
     cf_flow_io io = {.x = n->in[0], .batch = n->in[0]->shape[0]};
     cf_status st = segment_forward(a, s, &io);
+    if (st == CF_OK && a->slot >= 0) /* the borrowed output: its slot (sized by run_segment) */
+        n->out[0]->data = a->flow->slot[a->slot];
     if (st == CF_OK) {
         cf_tensor_copy(n->out[0], io.x);
         if (io.logdet)
@@ -81,9 +88,29 @@ static cf_status segment_fwd(cf_node *n)
     return st;
 }
 
+/* x = the segment's layers inverted on its output y, written into the input's slot. The
+ * output is right at this point: the last step of a chain keeps its output in the arena, and
+ * each step's backward rebuilds its input, which is the output of the step before it. */
+static cf_status rebuild_input(cf_node *n)
+{
+    const segment_attrs *a = n->attrs;
+    cf_ctx *s = segment_ctx(n, false);
+    cf_tensor *y = cf_tensor_new(s, n->out[0]->dtype, n->out[0]->ndim, n->out[0]->shape);
+    if (!y) return cf_ctx_fail(n->ctx, cf_ctx_status(s), "%s", cf_ctx_error(s));
+    cf_tensor_copy(y, n->out[0]);
+    cf_flow_io io = {.x = y, .batch = y->shape[0]};
+    for (int k = a->first + a->count - 1; k >= a->first; k--)
+        if (cf_layer_inverse(a->flow->layers[k], s, &io) != CF_OK)
+            return cf_ctx_fail(n->ctx, cf_ctx_status(s), "rebuilding a step's input: %s",
+                               cf_ctx_error(s));
+    cf_tensor_copy(n->in[0], io.x);
+    return CF_OK;
+}
+
 static cf_status segment_bwd(cf_node *n)
 {
     const segment_attrs *a = n->attrs;
+    if (a->rebuild && rebuild_input(n) != CF_OK) return cf_ctx_status(n->ctx);
     cf_ctx *s = segment_ctx(n, true);
     cf_tensor *x = cf_tensor_new(s, n->in[0]->dtype, n->in[0]->ndim, n->in[0]->shape);
     if (!x) return cf_ctx_fail(n->ctx, cf_ctx_status(s), "%s", cf_ctx_error(s));
@@ -121,23 +148,63 @@ static const cf_op_def segment_op = {
     .doc = "a run of flow layers, recomputed during backward",
 };
 
-/* Applies layers [first, first + count) as one recomputed node. */
-static cf_status run_segment(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, int first, int count)
+/* The same whose output x lives in one of the flow's two slots, not on the tape. */
+static const cf_op_def segment_op_slot = {
+    .name = "flow_segment_slot",
+    .n_inputs = 2,
+    .n_outputs = 2,
+    .attrs_size = sizeof(segment_attrs),
+    .infer = segment_infer,
+    .forward = segment_fwd,
+    .backward = segment_bwd,
+    .borrowed_outputs = 1u << 0,
+    .doc = "a run of flow layers, recomputed during backward, its output in a reused buffer",
+};
+
+/* The first layer of a recomputed run starting at k, and how many layers it takes (0: layer
+ * k is not recomputed: it changes the shape or factors out). */
+static int segment_length(const cf_flow *f, int k)
+{
+    int count = 0;
+    while (k + count < f->n_layers && count < 3 && !f->layers[k + count]->factors_out &&
+           memcmp(f->layers[k + count]->in_shape, f->layers[k + count]->out_shape,
+                  sizeof f->layers[k]->in_shape) == 0)
+        count++;
+    return count;
+}
+
+static bool has_params(const cf_flow *f, int first, int count)
+{
+    for (int k = first; k < first + count; k++)
+        if (f->layers[k]->n_params) return true;
+    return false;
+}
+
+/* Applies layers [first, first + count) as one recomputed node; slot >= 0 puts its output x
+ * in that slot instead of the arena, rebuild says its input is a slot. */
+static cf_status run_segment(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, int first, int count,
+                             int slot, bool rebuild)
 {
     if (!f->segment && !(f->segment = cf_ctx_new(0)))
         return cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: %s", cf_last_error());
     cf_tensor *anchor = NULL;
     for (int k = first; k < first + count && !anchor; k++)
         if (f->layers[k]->n_params) anchor = f->layers[k]->params[0];
-    if (!anchor) { /* nothing to learn: run the layers on the tape as they are */
-        segment_attrs a = {f, first, count};
+    segment_attrs a = {f, first, count, slot, rebuild};
+    if (!anchor) /* nothing to learn: run the layers on the tape as they are */
         return segment_forward(&a, ctx, io);
-    }
-    segment_attrs a = {f, first, count};
+    CF_ASSERT(slot < 0 || (size_t)io->x->numel * cf_dtype_size(io->x->dtype) <= f->slot_bytes,
+              "flow: a step's output does not fit its slot");
     cf_tensor *in[2] = {io->x, anchor}, *out[2];
-    if (cf_op_apply(ctx, &segment_op, 2, in, &a, out) != CF_OK) return cf_ctx_status(ctx);
+    if (cf_op_apply(ctx, slot >= 0 ? &segment_op_slot : &segment_op, 2, in, &a, out) != CF_OK)
+        return cf_ctx_status(ctx);
     io->x = out[0];
     return cf__add_logdet(ctx, io, out[1]);
+}
+
+void cf_flow_set_rebuild_inputs(cf_flow *flow, bool on)
+{
+    flow->rebuild = on;
 }
 
 void cf_flow_set_recompute(cf_flow *flow, bool on)
@@ -203,6 +270,10 @@ void cf_flow_trim(cf_flow *f)
     cf_ctx_free(f->scratch);
     cf_ctx_free(f->segment);
     f->scratch = f->segment = NULL;
+    free(f->slot[0]);
+    free(f->slot[1]);
+    f->slot[0] = f->slot[1] = NULL;
+    f->slot_bytes = 0;
 }
 
 void cf_flow_free(cf_flow *f)
@@ -213,6 +284,8 @@ void cf_flow_free(cf_flow *f)
     cf_params_free(f->ps);
     cf_ctx_free(f->scratch);
     cf_ctx_free(f->segment);
+    free(f->slot[0]);
+    free(f->slot[1]);
     free(f);
 }
 
@@ -343,14 +416,44 @@ static cf_tensor *keep(cf_ctx *ctx, const cf_tensor *t)
 static cf_status run_layers(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, bool inverse)
 {
     if (cf_ctx_grad_enabled(ctx) && f->recompute && !inverse) {
+        /* With rebuild, a recomputed step whose output feeds another recomputed step puts it
+         * in a slot (alternating), and that next step rebuilds it during backward. */
+        bool prev_slot = false;
+        int slot = 0;
+        if (f->rebuild) { /* slots for the largest activation, before any node points at them */
+            size_t bytes = 0;
+            for (int k = 0; k < f->n_layers; k++) {
+                const int64_t *sh = f->layers[k]->in_shape;
+                size_t b = (size_t)(io->x->shape[0] * sh[0] * sh[1] * sh[2]) *
+                           cf_dtype_size(io->x->dtype);
+                if (b > bytes) bytes = b;
+            }
+            if (bytes > f->slot_bytes) {
+                for (int i = 0; i < 2; i++) {
+                    free(f->slot[i]);
+                    if (posix_memalign(&f->slot[i], 64, bytes) != 0) f->slot[i] = NULL;
+                }
+                f->slot_bytes = f->slot[0] && f->slot[1] ? bytes : 0;
+                if (!f->slot_bytes)
+                    return cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: no memory for two step "
+                                       "outputs (%zu bytes each)", bytes);
+            }
+        }
         for (int k = 0; k < f->n_layers;) {
-            int count = 0;
-            while (k + count < f->n_layers && count < 3 && !f->layers[k + count]->factors_out &&
-                   memcmp(f->layers[k + count]->in_shape, f->layers[k + count]->out_shape,
-                          sizeof f->layers[k]->in_shape) == 0)
-                count++;
-            cf_status st = count ? run_segment(f, ctx, io, k, count)
-                                 : cf_layer_forward(f->layers[k], ctx, io);
+            int count = segment_length(f, k);
+            cf_status st;
+            if (count) {
+                int next = segment_length(f, k + count);
+                bool to_slot = f->rebuild && next && has_params(f, k, count) &&
+                               has_params(f, k + count, next);
+                st = run_segment(f, ctx, io, k, count, to_slot ? slot : -1,
+                                 f->rebuild && prev_slot);
+                prev_slot = to_slot;
+                if (to_slot) slot ^= 1;
+            } else {
+                st = cf_layer_forward(f->layers[k], ctx, io);
+                prev_slot = false;
+            }
             if (st != CF_OK) return cf_ctx_status(ctx);
             k += count ? count : 1;
         }
