@@ -17,6 +17,8 @@ struct cf_flow {
     cf_ctx *segment; /* where a step's forward is recomputed during backward */
     void *slot[2];   /* rebuild: the two buffers consecutive steps' outputs alternate in */
     size_t slot_bytes;
+    void *pass[2];   /* grad-free passes: the two buffers consecutive layers' x alternate in */
+    size_t pass_bytes[2];
     cf__reducer reducer; /* sums actnorm's statistics over processes (fn NULL: one) */
 };
 
@@ -274,6 +276,11 @@ void cf_flow_trim(cf_flow *f)
     free(f->slot[1]);
     f->slot[0] = f->slot[1] = NULL;
     f->slot_bytes = 0;
+    for (int i = 0; i < 2; i++) {
+        free(f->pass[i]);
+        f->pass[i] = NULL;
+        f->pass_bytes[i] = 0;
+    }
 }
 
 void cf_flow_free(cf_flow *f)
@@ -286,6 +293,8 @@ void cf_flow_free(cf_flow *f)
     cf_ctx_free(f->segment);
     free(f->slot[0]);
     free(f->slot[1]);
+    free(f->pass[0]);
+    free(f->pass[1]);
     free(f);
 }
 
@@ -409,10 +418,41 @@ static cf_tensor *keep(cf_ctx *ctx, const cf_tensor *t)
     return c;
 }
 
+/* x copied into the flow's pass buffer i (grown as needed), as a tensor header in ctx over it:
+ * what a grad-free pass hands from one layer to the next, in memory that does not grow with
+ * the number of layers. NULL with a failure in ctx when memory runs out. */
+static cf_tensor *keep_pass(cf_flow *f, cf_ctx *ctx, const cf_tensor *x, int i)
+{
+    if (!x) return NULL;
+    size_t bytes = (size_t)x->numel * cf_dtype_size(x->dtype);
+    if (bytes > f->pass_bytes[i]) {
+        free(f->pass[i]);
+        f->pass_bytes[i] = 0;
+        if (posix_memalign(&f->pass[i], 64, bytes ? bytes : 64) != 0) {
+            f->pass[i] = NULL;
+            cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: no memory to pass %zu bytes between layers",
+                        bytes);
+            return NULL;
+        }
+        f->pass_bytes[i] = bytes;
+    }
+    cf_tensor *t = cf_ctx_alloc(ctx, sizeof *t, "a tensor header");
+    if (!t) return NULL;
+    *t = *x;
+    t->data = f->pass[i];
+    t->grad = NULL;
+    t->name = NULL;
+    t->node = NULL;
+    t->flags = CF_TENSOR_VIEW;
+    memcpy(t->data, x->data, bytes);
+    return t;
+}
+
 /* Runs every layer, forward or inverse. With grad recording on (training), all in ctx, on the
  * tape. With it off (evaluation, encoding, sampling), each layer runs in the flow's scratch
- * context and only what passes on (x, the running sums, the latents) is copied into ctx before
- * the scratch is reset: memory stays that of one layer, whatever the depth and batch. */
+ * context and only what passes on is kept before the scratch is reset: x in one of two
+ * buffers of the flow (alternating), the running sums and the latents in ctx. Memory stays
+ * that of one layer, whatever the depth and batch. */
 static cf_status run_layers(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, bool inverse)
 {
     if (cf_ctx_grad_enabled(ctx) && f->recompute && !inverse) {
@@ -482,13 +522,14 @@ static cf_status run_layers(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, bool invers
             cf_ctx_reset(s);
             return st;
         }
-        io->x = keep(ctx, io->x);
+        io->x = keep_pass(f, ctx, io->x, k % 2);
         io->logdet = keep(ctx, io->logdet);
         io->logp = keep(ctx, io->logp);
         for (int i = before; i < io->n_latents; i++) io->latents[i] = keep(ctx, io->latents[i]);
         if (cf_ctx_status(ctx) != CF_OK) break;
     }
     cf_ctx_reset(s);
+    io->x = keep(ctx, io->x); /* the caller's, in its context */
     return cf_ctx_status(ctx);
 }
 
