@@ -5,8 +5,9 @@
  * synthetic 8-bit images uniformly dequantized.
  *
  * train_paper_b64 keeps the whole tape when it fits in half of this machine's memory (about
- * 9 GB at batch 64), else recomputes; the _recompute cases always recompute each flow step
- * during backward (cf_flow_set_recompute), which is what keeps the paper model under 3.5 GB.
+ * 19 GB at batch 64, so on a 24 GB machine it recomputes); _plain always keeps it (20 GB
+ * resident) and _recompute always recomputes each flow step during backward
+ * (cf_flow_set_recompute), which is what keeps the paper model under 3.5 GB.
  * Peak resident memory is printed with each case (the process's, so far: run memory-sensitive
  * cases alone, with --filter).
  * Not run by the test suite.
@@ -24,7 +25,8 @@ typedef struct model_case {
     const char *name;
     cf_flow_config cfg;
     int64_t batch;  /* training batch, or images drawn */
-    int recompute;  /* training: 0 plain tape, 1 recompute steps in backward, -1 whichever fits */
+    int recompute;  /* training: 0 plain tape, 1 recompute steps in backward, 2 recompute
+                     * from inputs rebuilt by the inverses, -1 plain or 1, whichever fits */
 } model_case;
 
 static const model_case train_cases[] = {
@@ -32,10 +34,14 @@ static const model_case train_cases[] = {
                            .hidden = 128, .seed = 1}, 64, 0},
     {"train_fashion_b64_recompute", {.height = 28, .width = 28, .channels = 1, .levels = 2,
                                      .depth = 8, .hidden = 128, .seed = 1}, 64, 1},
+    {"train_fashion_b64_rebuild", {.height = 28, .width = 28, .channels = 1, .levels = 2,
+                                   .depth = 8, .hidden = 128, .seed = 1}, 64, 2},
     {"train_paper_b64", {.height = 32, .width = 32, .channels = 3, .levels = 3, .depth = 32,
                          .hidden = 512, .seed = 1}, 64, -1},
     {"train_paper_b64_recompute", {.height = 32, .width = 32, .channels = 3, .levels = 3,
                                    .depth = 32, .hidden = 512, .seed = 1}, 64, 1},
+    {"train_paper_b64_plain", {.height = 32, .width = 32, .channels = 3, .levels = 3,
+                               .depth = 32, .hidden = 512, .seed = 1}, 64, 0},
 };
 
 static const model_case sample_cases[] = {
@@ -74,15 +80,16 @@ static void report(const bench_opts *o, const char *name, const char *shape, dou
     fflush(stdout);
 }
 
-/* Bytes a plain (tape-keeping) training step of this model needs, roughly: every coupling
- * network keeps 2 activations of its width per image (the fused conv + actnorm + ReLU
- * outputs), plus about half as much again for the few gradients alive at once and scratch. */
+/* Bytes a plain (tape-keeping) training step of this model needs, roughly: about 4.5
+ * activations of a coupling network's width per network and image (the 2 fused conv + actnorm
+ * + ReLU outputs kept for backward, the gradients alive at once, scratch and the arena's
+ * slack): the paper model's plain step measured an 18.8 GB arena at batch 64. */
 static double train_bytes(const cf_flow_config *c, int64_t batch)
 {
     double acts = 0, H = (double)c->height, W = (double)c->width;
     for (int l = 0; l < c->levels; l++) {
         H /= 2, W /= 2;
-        acts += (double)c->depth * 3 * 3 * H * W * (double)c->hidden;
+        acts += (double)c->depth * 3 * 4.5 * H * W * (double)c->hidden;
     }
     return acts * 4 * (double)batch;
 }
@@ -93,13 +100,14 @@ static int run_train(const bench_opts *o, const model_case *c)
     shape_of(c, shape, sizeof shape);
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
     double need = train_bytes(&c->cfg, c->batch), have = (double)pages * (double)page;
-    bool recompute = c->recompute == 1 || (c->recompute < 0 && need > 0.5 * have);
+    bool recompute = c->recompute >= 1 || (c->recompute < 0 && need > 0.5 * have);
     cf_flow *flow = cf_flow_new(&c->cfg, CF_F32);
     if (!flow) {
         fprintf(stderr, "bench %s: %s\n", c->name, cf_last_error());
         return 1;
     }
     cf_flow_set_recompute(flow, recompute);
+    cf_flow_set_rebuild_inputs(flow, c->recompute == 2);
     cf_params *ps = cf_flow_params(flow);
     cf_adam *opt = cf_adam_new(ps, &(cf_adam_opts){.lr = 1e-4, .clip_norm = 50});
     cf_ctx *ctx = cf_ctx_new(0);
@@ -146,7 +154,9 @@ static int run_train(const bench_opts *o, const model_case *c)
     if (status == 0) {
         char note[96];
         snprintf(note, sizeof note, "arena peak %.0f MB%s", (double)cf_ctx_arena_peak(ctx) / 1e6,
-                 recompute ? ", recompute" : "");
+                 c->recompute == 2 ? ", recompute, rebuilt inputs"
+                 : recompute      ? ", recompute"
+                                  : "");
         report(o, c->name, shape, bench_median(t, repeats), repeats, (double)c->batch, note);
     }
     free(t);
@@ -169,7 +179,32 @@ static int run_sample(const bench_opts *o, const model_case *c)
         fprintf(stderr, "bench %s: %s\n", c->name, cf_last_error());
         return 1;
     }
-    /* Move the networks' zero-initialised output layers off zero, as training would. */
+    /* Actnorm's data-dependent initialisation from a forward pass over synthetic images, as
+     * training does (sampling an uninitialised flow would initialise it from its own samples),
+     * then the networks' zero-initialised output layers moved off zero, as training would. */
+    char spec[64];
+    snprintf(spec, sizeof spec, "synthetic:%lldx%lldx%lld:%lld", (long long)c->cfg.height,
+             (long long)c->cfg.width, (long long)c->cfg.channels, (long long)c->batch);
+    cf_dataset *ds = cf_dataset_open(spec, "train");
+    cf_batcher *b = ds ? cf_batcher_new(ds, &(cf_batcher_opts){.batch = c->batch, .seed = 1}) : NULL;
+    cf_tensor *x0 = cf_tensor_alloc(CF_F32, 4, (int64_t[]){c->batch, c->cfg.height, c->cfg.width,
+                                                           c->cfg.channels});
+    if (!b || !x0 || cf_batcher_next(b, x0, NULL, NULL) != CF_OK) {
+        fprintf(stderr, "bench %s: %s\n", c->name, cf_last_error());
+        return 1;
+    }
+    bool grad_was = cf_ctx_set_grad(ctx, false);
+    cf_flow_log_prob(flow, ctx, x0, NULL);
+    cf_ctx_set_grad(ctx, grad_was);
+    cf_tensor_free(x0);
+    cf_batcher_free(b);
+    cf_dataset_free(ds);
+    if (cf_ctx_status(ctx) != CF_OK) {
+        fprintf(stderr, "bench %s: %s\n", c->name, cf_ctx_error(ctx));
+        return 1;
+    }
+    cf_ctx_reset(ctx);
+    cf_flow_trim(flow);
     cf_rng rng;
     cf_rng_seed(&rng, 3, 0);
     cf_params *ps = cf_flow_params(flow);
