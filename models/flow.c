@@ -175,11 +175,12 @@ static int segment_length(const cf_flow *f, int k)
     return count;
 }
 
-static bool has_params(const cf_flow *f, int first, int count)
+/* The run's first parameter (the recomputed node's second input), or NULL: nothing to learn. */
+static cf_tensor *segment_anchor(const cf_flow *f, int first, int count)
 {
     for (int k = first; k < first + count; k++)
-        if (f->layers[k]->n_params) return true;
-    return false;
+        if (f->layers[k]->n_params) return f->layers[k]->params[0];
+    return NULL;
 }
 
 /* Applies layers [first, first + count) as one recomputed node; slot >= 0 puts its output x
@@ -189,9 +190,7 @@ static cf_status run_segment(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, int first,
 {
     if (!f->segment && !(f->segment = cf_ctx_new(0)))
         return cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: %s", cf_last_error());
-    cf_tensor *anchor = NULL;
-    for (int k = first; k < first + count && !anchor; k++)
-        if (f->layers[k]->n_params) anchor = f->layers[k]->params[0];
+    cf_tensor *anchor = segment_anchor(f, first, count);
     segment_attrs a = {f, first, count, slot, rebuild};
     if (!anchor) /* nothing to learn: run the layers on the tape as they are */
         return segment_forward(&a, ctx, io);
@@ -484,8 +483,8 @@ static cf_status run_layers(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, bool invers
             cf_status st;
             if (count) {
                 int next = segment_length(f, k + count);
-                bool to_slot = f->rebuild && next && has_params(f, k, count) &&
-                               has_params(f, k + count, next);
+                bool to_slot = f->rebuild && next && segment_anchor(f, k, count) &&
+                               segment_anchor(f, k + count, next);
                 st = run_segment(f, ctx, io, k, count, to_slot ? slot : -1,
                                  f->rebuild && prev_slot);
                 prev_slot = to_slot;

@@ -85,18 +85,26 @@ const double *cf__as_f64(cf_node *n, cf_dtype dt, const void *buf, int64_t numel
     return d;
 }
 
+/* Zeroes the entries of a (T, C, K) weight-shaped buffer that the mask drops. */
+static void apply_mask_f64(double *w, const cf__conv_geom *g, cf_conv_mask mask)
+{
+    if (mask == CF_CONV_MASK_NONE) return;
+    int64_t e = 0;
+    for (int kh = 0; kh < g->KH; kh++)
+        for (int kw = 0; kw < g->KW; kw++)
+            for (int64_t c = 0; c < g->C; c++)
+                for (int64_t k = 0; k < g->K; k++, e++)
+                    if (!cf_conv_mask_keeps(mask, kh, kw, c, k)) w[e] = 0.0;
+}
+
 /* The masked weight (T, C, K) as doubles, in the arena. */
 static double *masked_weight_f64(cf_node *n, const cf__conv_geom *g, cf_conv_mask mask)
 {
     const cf_tensor *w = n->in[1];
     double *wm = cf_node_scratch(n, (size_t)w->numel * sizeof(double));
     if (!wm) return NULL;
-    int64_t e = 0;
-    for (int kh = 0; kh < g->KH; kh++)
-        for (int kw = 0; kw < g->KW; kw++)
-            for (int64_t c = 0; c < g->C; c++)
-                for (int64_t k = 0; k < g->K; k++, e++)
-                    wm[e] = cf_conv_mask_keeps(mask, kh, kw, c, k) ? cf_tensor_get(w, e) : 0.0;
+    for (int64_t e = 0; e < w->numel; e++) wm[e] = cf_tensor_get(w, e);
+    apply_mask_f64(wm, g, mask);
     return wm;
 }
 
@@ -198,14 +206,7 @@ static cf_status conv_bwd_ref(cf_node *n)
     if (gw) memset(gw, 0, (size_t)wt->numel * sizeof(double));
     if (gb) memset(gb, 0, (size_t)g.K * sizeof(double));
     cf__conv_ref_backward(&g, x, w, dy, gx, gw, gb);
-    if (gw && a->mask != CF_CONV_MASK_NONE) {
-        int64_t e = 0;
-        for (int kh = 0; kh < g.KH; kh++)
-            for (int kw = 0; kw < g.KW; kw++)
-                for (int64_t c = 0; c < g.C; c++)
-                    for (int64_t k = 0; k < g.K; k++, e++)
-                        if (!cf_conv_mask_keeps(a->mask, kh, kw, c, k)) gw[e] = 0.0;
-    }
+    if (gw) apply_mask_f64(gw, &g, a->mask);
     if (gx) cf__add_into(dt, dx, gx, xt->numel);
     if (gw) cf__add_into(dt, dw, gw, wt->numel);
     if (gb) cf__add_into(dt, db, gb, g.K);

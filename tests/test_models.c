@@ -343,6 +343,45 @@ START_TEST(test_identity_model_closed_form)
 }
 END_TEST
 
+/* One training pass of f on seeded uniform images (4, 8, 8, 1): the parameter gradients as
+ * doubles into g (n values), the loss and the arena's peak. recompute 0: plain tape, 1:
+ * recomputed steps, 2: recomputed from inputs rebuilt with the inverses. */
+static void gradients_of(cf_flow *f, cf_dtype dt, int recompute, uint64_t seed, double *g,
+                         double *loss, size_t *peak)
+{
+    cf_flow_set_recompute(f, recompute >= 1);
+    cf_flow_set_rebuild_inputs(f, recompute == 2);
+    cf_params *ps = cf_flow_params(f);
+    cf_ctx *ctx = cf_ctx_new(0);
+    cf_rng rng;
+    cf_rng_seed(&rng, seed, 0);
+    cf_tensor *x = cf_tensor_new_v(ctx, dt, 4, 8, 8, 1);
+    cf_tensor_fill_uniform(x, &rng, -0.5, 0.5);
+    cf_params_zero_grad(ps);
+    cf_tensor *bpd = cf_flow_bpd(f, ctx, x);
+    ck_assert_msg(bpd, "%s", cf_ctx_error(ctx));
+    ck_assert_msg(cf_backward(ctx, bpd) == CF_OK, "%s", cf_ctx_error(ctx));
+    *loss = cf_tensor_get(bpd, 0);
+    *peak = cf_ctx_arena_peak(ctx);
+    for (size_t i = 0; i < cf_params_flat_numel(ps); i++)
+        g[i] = cf_buf_get(dt, cf_params_grad(ps), (int64_t)i);
+    cf_ctx_free(ctx);
+    cf_flow_set_recompute(f, false);
+    cf_flow_set_rebuild_inputs(f, false);
+}
+
+/* The largest |a - ref| over n values; *scale gets the largest |ref|. */
+static double max_abs_diff(const double *a, const double *ref, size_t n, double *scale)
+{
+    double err = 0;
+    *scale = 0;
+    for (size_t i = 0; i < n; i++) {
+        *scale = fmax(*scale, fabs(ref[i]));
+        err = fmax(err, fabs(a[i] - ref[i]));
+    }
+    return err;
+}
+
 /* Recomputing steps during backward gives the plain path's loss and gradients, and keeps
  * less on the tape. */
 START_TEST(test_recompute_matches_plain)
@@ -351,38 +390,17 @@ START_TEST(test_recompute_matches_plain)
         cf_flow *f = small_flow(CF_F32, conv, conv == 1 ? CF_COUPLING_KIND_AFFINE
                                                         : CF_COUPLING_KIND_QUAD);
         perturb_flow(f, 0.05);
-        cf_params *ps = cf_flow_params(f);
-        size_t n = cf_params_flat_numel(ps);
-        float *plain = malloc(n * sizeof(float));
-        double loss[2];
-        size_t peak[2];
-        for (int mode = 0; mode < 2; mode++) {
-            cf_flow_set_recompute(f, mode == 1);
-            cf_ctx *ctx = cf_ctx_new(0);
-            cf_rng rng;
-            cf_rng_seed(&rng, 12, 0);
-            cf_tensor *x = cf_tensor_new_v(ctx, CF_F32, 4, 8, 8, 1);
-            cf_tensor_fill_uniform(x, &rng, -0.5, 0.5);
-            cf_params_zero_grad(ps);
-            cf_tensor *bpd = cf_flow_bpd(f, ctx, x);
-            ck_assert_int_eq(cf_backward(ctx, bpd), CF_OK);
-            loss[mode] = cf_tensor_get(bpd, 0);
-            peak[mode] = cf_ctx_arena_peak(ctx);
-            const float *g = cf_params_grad(ps);
-            if (mode == 0) {
-                memcpy(plain, g, n * sizeof(float));
-            } else {
-                double scale = 0, err = 0;
-                for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(plain[i]));
-                for (size_t i = 0; i < n; i++) err = fmax(err, fabs(g[i] - plain[i]));
-                ck_assert_msg(err <= 1e-5 * scale, "conv %d: gradients differ by %g (scale %g)",
-                              conv, err, scale);
-            }
-            cf_ctx_free(ctx);
-        }
+        size_t n = cf_params_flat_numel(cf_flow_params(f)), peak[2];
+        double *g[2] = {malloc(n * sizeof(double)), malloc(n * sizeof(double))}, loss[2], scale;
+        for (int mode = 0; mode < 2; mode++)
+            gradients_of(f, CF_F32, mode, 12, g[mode], &loss[mode], &peak[mode]);
+        double err = max_abs_diff(g[1], g[0], n, &scale);
+        ck_assert_msg(err <= 1e-5 * scale, "conv %d: gradients differ by %g (scale %g)", conv,
+                      err, scale);
         ck_assert_double_eq_tol(loss[0], loss[1], 1e-6);
         ck_assert_uint_lt(peak[1], peak[0]);
-        free(plain);
+        free(g[0]);
+        free(g[1]);
         cf_flow_free(f);
     }
 }
@@ -403,40 +421,19 @@ START_TEST(test_rebuild_inputs_matches_plain)
             cf_flow *f = cf_flow_new(&cfg, dt);
             ck_assert_msg(f, "%s", cf_last_error());
             perturb_flow(f, 0.05);
-            cf_params *ps = cf_flow_params(f);
-            size_t n = cf_params_flat_numel(ps);
-            double *g[3], loss[3];
-            size_t peak[3];
+            size_t n = cf_params_flat_numel(cf_flow_params(f)), peak[3];
+            double *g[3], loss[3], scale, tol = dt == CF_F64 ? 1e-9 : 1e-4;
             for (int mode = 0; mode < 3; mode++) { /* plain, recompute, recompute + rebuild */
-                cf_flow_set_recompute(f, mode >= 1);
-                cf_flow_set_rebuild_inputs(f, mode == 2);
-                cf_ctx *ctx = cf_ctx_new(0);
-                cf_rng rng;
-                cf_rng_seed(&rng, 14, 0);
-                cf_tensor *x = cf_tensor_new_v(ctx, dt, 4, 8, 8, 1);
-                cf_tensor_fill_uniform(x, &rng, -0.5, 0.5);
-                cf_params_zero_grad(ps);
-                cf_tensor *bpd = cf_flow_bpd(f, ctx, x);
-                ck_assert_msg(bpd, "%s", cf_ctx_error(ctx));
-                ck_assert_msg(cf_backward(ctx, bpd) == CF_OK, "%s", cf_ctx_error(ctx));
-                loss[mode] = cf_tensor_get(bpd, 0);
-                peak[mode] = cf_ctx_arena_peak(ctx);
                 g[mode] = malloc(n * sizeof(double));
-                for (size_t i = 0; i < n; i++)
-                    g[mode][i] = cf_buf_get(dt, cf_params_grad(ps), (int64_t)i);
-                cf_ctx_free(ctx);
+                gradients_of(f, dt, mode, 14, g[mode], &loss[mode], &peak[mode]);
             }
-            double scale = 0, err = 0, tol = dt == CF_F64 ? 1e-9 : 1e-4;
-            for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(g[0][i]));
-            for (size_t i = 0; i < n; i++) err = fmax(err, fabs(g[2][i] - g[0][i]));
+            double err = max_abs_diff(g[2], g[0], n, &scale);
             ck_assert_msg(err <= tol * scale, "%s conv %d: rebuilt gradients differ by %g "
                           "(scale %g)", cf_dtype_name(dt), conv, err, scale);
             ck_assert_msg(fabs(loss[2] - loss[0]) <= tol * fabs(loss[0]), "loss %g vs %g",
                           loss[2], loss[0]);
             ck_assert_msg(peak[2] < peak[1], "rebuild kept %zu bytes, recompute %zu", peak[2],
                           peak[1]);
-            cf_flow_set_recompute(f, false);
-            cf_flow_set_rebuild_inputs(f, false);
             for (int mode = 0; mode < 3; mode++) free(g[mode]);
             cf_flow_free(f);
         }
