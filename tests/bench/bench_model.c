@@ -133,6 +133,7 @@ static int run_train(const bench_opts *o, const model_case *c)
         return 1;
     }
     cf_ctx_reset(ctx);
+    cf_flow_trim(flow); /* as train does: the resident memory below is the training's */
     bool big = c->cfg.hidden >= 512; /* the paper model: a step takes most of a minute */
     int repeats = big ? (o->repeats < 2 ? o->repeats : 2) : o->repeats, warm = big ? 1 : 2;
     int status = 0;
