@@ -3,12 +3,16 @@
  *
  * libxsmm is column-major, so an NHWC row of Wo pixels with C channels is a (C x Wo) matrix
  * with leading dimension C, and an HWIO tap W[kh][kw] ([c][k] row-major) is a (K x C) matrix
- * with leading dimension K. The drivers pick one of four formulations by shape:
+ * with leading dimension K. The drivers pick one of five formulations by shape:
  *   rows (the default): Y_row (K x Wo) += sum_taps W_tap (K x C) * Xpad_row_shifted (C x Wo),
  *         one batch-reduce GEMM (byte offsets) per output row;
  *   col2im (K not a multiple of 16 and below 128, where a K-row GEMM would leave vector lanes
  *         idle): per image, col (T*K x H*W) = Wr (T*K x C) X (C x H*W), one GEMM on the
  *         unpadded input with m = T*K, then each output pixel adds up its taps' K-vectors;
+ *   pix (2 to 4 output channels on long rows, where even col2im's m = T*K leaves most lanes
+ *         idle): per image, the input transposed into a zero-padded channel-major scratch,
+ *         then Z (Ho*Wp x K) = sum_taps Xt shifted by the tap (Ho*Wp x C) * Wt_tap (C x K),
+ *         one batch-reduce GEMM with the pixels on the vector lanes;
  *   im2col (few input channels, C < 16, or short rows, Wo < 16): the taps of an output pixel
  *         gathered into a column of T*C, then one GEMM with k = T*C instead of T batch entries
  *         of k = C, over an output row, or over a group of whole small images (about 64
@@ -180,6 +184,16 @@ bool cf__xsmm_get(const cf__xsmm_key *key, cf__xsmm_fn *fn)
 static bool thin_k(int64_t K)
 {
     return K % 16 != 0 && K < 128;
+}
+
+/* Output channel counts so small (2 to 4) that even the col2im form leaves most vector lanes
+ * idle (m = T*K = 18 for K = 2: one full and one nearly empty vector), on rows long enough
+ * that the pixel-major form's Wp - Wo discarded columns per row cost little: that form then
+ * fills every lane (measured: 128 -> 2 at 14x14 from 50 to 63 GFLOP/s, 128 -> 4 from 67 to 84;
+ * K = 1 and 7x7 images gained nothing). */
+static bool pix_k(const cf__conv_geom *g)
+{
+    return g->K >= 2 && g->K <= 4 && 4 * (g->Wp - g->Wo) <= g->Wo;
 }
 
 bool cf__conv_fast_ok(const cf__conv_geom *g)
@@ -395,6 +409,62 @@ static bool fwd_col2im(cf_node *n, float *y, const float *x, const float *w, con
     return true;
 }
 
+/* Very few output channels, pixel-major form: per image, the input is transposed into a
+ * zero-padded channel-major scratch xt[c][L] (the padded image, Hp x Wp, flattened, then
+ * slack), so that for every tap the (output pixel x channel) operand is xt shifted by the tap's
+ * flattened offset: Z (M x K) = sum_taps xt_tap (M x C, lda L) * Wt_tap (C x K), one
+ * batch-reduce GEMM with the pixels on the vector lanes (M = Ho * Wp, the output rows computed
+ * over the padded width; the Wp - Wo extra columns per row are discarded). Wt[t][k][c] =
+ * W[t][c][k]. The rim of xt is zeroed once per thread; images only write its interior. */
+static bool fwd_pix(cf_node *n, float *y, const float *x, const float *w, const float *bias,
+                    const cf__conv_geom *g, bool acc, const cf__conv_epilogue *epi)
+{
+    const int64_t C = g->C, K = g->K, H = g->H, W = g->W, Wp = g->Wp, Wo = g->Wo, Ho = g->Ho;
+    const int64_t T = g->KH * g->KW, M = Ho * Wp, L = line_up(g->Hp * Wp + g->KW - 1);
+    cf__xsmm_key key = {.kind = CF__XSMM_BR_OFFS, .m = (int)M, .n = (int)K, .k = (int)C,
+                        .lda = (int)L, .ldb = (int)C, .ldc = (int)M, .beta = 0};
+    cf__xsmm_fn fn;
+    if (!cf__xsmm_get(&key, &fn)) return false;
+    unsigned long long a_offs[49], b_offs[49];
+    for (int64_t t = 0; t < T; t++) {
+        a_offs[t] = (unsigned long long)((t / g->KW) * Wp + t % g->KW) * sizeof(float);
+        b_offs[t] = (unsigned long long)(t * K * C) * sizeof(float);
+    }
+    const int nt = omp_get_max_threads();
+    const int64_t per = line_up(C * L) + line_up(M * K);
+    float *wt = cf_node_scratch(n, (size_t)(T * K * C) * sizeof(float));
+    float *scratch = cf_node_scratch(n, (size_t)(per * nt) * sizeof(float));
+    if (!wt || !scratch) return false;
+    for (int64_t t = 0; t < T; t++)
+        cf__transpose_f32(wt + t * K * C, C, w + t * C * K, K, C, K, NULL);
+    const int64_t off0 = g->pt * Wp + g->pl; /* xt position of input pixel (0, 0) */
+#pragma omp parallel num_threads(nt)
+    {
+        float *xt = scratch + per * omp_get_thread_num(), *z = xt + line_up(C * L);
+        bool rim = false; /* zeroed on this thread's first image */
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < g->B; b++) {
+            if (!rim) memset(xt, 0, (size_t)(C * L) * sizeof(float)), rim = true;
+            const float *xb = x + b * H * W * C;
+            for (int64_t ih = 0; ih < H; ih++)
+                cf__transpose_f32(xt + off0 + ih * Wp, L, xb + ih * W * C, C, W, C, NULL);
+            unsigned long long count = (unsigned long long)T;
+            fn.offs(xt, wt, z, &count, a_offs, b_offs);
+            for (int64_t i = 0; i < Ho; i++) {
+                float *yr = y + (b * Ho + i) * Wo * K;
+                const float *zr = z + i * Wp;
+                for (int64_t j = 0; j < Wo; j++)
+                    for (int64_t k = 0; k < K; k++) {
+                        const float v = zr[k * M + j] + (bias ? bias[k] : 0.0f);
+                        yr[j * K + k] = acc ? yr[j * K + k] + v : v;
+                    }
+                finish_rows(yr, Wo, K, epi);
+            }
+        }
+    }
+    return true;
+}
+
 /* im2col: few input channels (one GEMM per output row, k = T*C), or small images (one GEMM
  * per group of whole images, n = their pixels, so the weights are read once per ~64 output
  * pixels instead of once per short row). */
@@ -516,6 +586,7 @@ bool cf__conv_forward_f32(cf_node *n, float *y, const float *x, const float *w, 
 {
     CF_ASSERT(!(acc && epi), "cf__conv_forward_f32: an epilogue needs a written output");
     if (g->B == 0) return true;
+    if (pix_k(g)) return fwd_pix(n, y, x, w, bias, g, acc, epi);
     if (thin_k(g->K)) return fwd_col2im(n, y, x, w, bias, g, acc, epi);
     if (g->KH == 1 && g->KW == 1 && !g->pt && !g->pl && !g->pb && !g->pr)
         return fwd_1x1(y, x, w, bias, g, acc, epi);

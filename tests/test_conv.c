@@ -165,9 +165,9 @@ START_TEST(test_fast_conv_odd_shapes)
 END_TEST
 
 /* Shapes that take every formulation of the fast drivers (rows, col2im for output channels
- * that are not a multiple of 16, im2col for few input channels, 1x1 over pixel chunks, and
- * their backward-weight forms), threaded over images and over row blocks of one image, with
- * partial pixel chunks and partial vectors. */
+ * that are not a multiple of 16, pix for 2 to 4 of them on long rows, im2col for few input
+ * channels, 1x1 over pixel chunks, and their backward-weight forms), threaded over images and
+ * over row blocks of one image, with partial pixel chunks and partial vectors. */
 START_TEST(test_fast_conv_larger_shapes)
 {
     const cf_conv_attrs same = {{1, 1, 1, 1}, CF_CONV_MASK_NONE};
@@ -184,6 +184,11 @@ START_TEST(test_fast_conv_larger_shapes)
     check_fast_conv(2, 9, 11, 17, 18, 1, 1, &none, true, 18);
     check_fast_conv(4, 6, 5, 40, 12, 3, 3, &same, true, 19);
     check_fast_conv(9, 3, 4, 16, 32, 3, 3, &same, true, 20);  /* groups of small images */
+    check_fast_conv(3, 14, 14, 40, 2, 3, 3, &same, true, 21); /* pix, and im2col back */
+    check_fast_conv(2, 13, 15, 20, 3, 3, 3, &causal, false, 22);
+    const cf_conv_attrs odd = {{0, 1, 2, 0}, CF_CONV_MASK_NONE};
+    check_fast_conv(2, 9, 12, 17, 4, 3, 3, &odd, true, 23);
+    check_fast_conv(3, 14, 14, 2, 24, 3, 3, &same, true, 24); /* backward-data by pix */
     const cf_conv_attrs cinc = cf_conv_attrs_masked(CF_CONV_MASK_CINC);
     check_fast_conv(3, 8, 8, 12, 12, 3, 3, &cinc, true, 16);
 }

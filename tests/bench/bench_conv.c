@@ -1,7 +1,7 @@
 /* bench_conv.c: `cincflow bench conv`: the convolutions of the paper's CIFAR-10 model (L=3,
  * K=32, width 512, batch 64; coupling networks conv3x3 C/2->512, conv1x1 512->512,
  * conv3x3 512->C at 16x16x12, 8x8x24, 4x4x48) plus a 3x3 512->512, and of the Fashion-MNIST
- * model (L=2, K=8, width 128; 14x14x4 and 7x7x16), each pass timed on its own through the
+ * model (L=2, K=8, width 128; 14x14x4 and 7x7x16; affine and quad couplings), each pass timed on its own through the
  * public op API:
  *   fwd   y = conv2d(x, w, b) with grad recording off;
  *   bwdd  the op's backward kernel, called on its tape node, with only x requiring a gradient
@@ -45,6 +45,16 @@ static const conv_case cases[] = {
     {"fashion_l2_3x3_8to128", 64, 7, 7, 8, 128, 3},
     {"fashion_l2_1x1_128to128", 64, 7, 7, 128, 128, 1},
     {"fashion_l2_3x3_128to16", 64, 7, 7, 128, 16, 3},
+    /* the default (quad coupling) Fashion-MNIST model's networks: C/4, C/2, 3C/4 -> 128 in,
+     * 128 -> C/2 out */
+    {"quad_l1_3x3_1to128", 64, 14, 14, 1, 128, 3},
+    {"quad_l1_3x3_2to128", 64, 14, 14, 2, 128, 3},
+    {"quad_l1_3x3_3to128", 64, 14, 14, 3, 128, 3},
+    {"quad_l1_3x3_128to2", 64, 14, 14, 128, 2, 3},
+    {"quad_l2_3x3_2to128", 64, 7, 7, 2, 128, 3},
+    {"quad_l2_3x3_4to128", 64, 7, 7, 4, 128, 3},
+    {"quad_l2_3x3_6to128", 64, 7, 7, 6, 128, 3},
+    {"quad_l2_3x3_128to4", 64, 7, 7, 128, 4, 3},
 };
 
 enum { PASS_FWD, PASS_BWD_DATA, PASS_BWD_WEIGHT };
