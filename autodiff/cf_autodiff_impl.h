@@ -15,6 +15,10 @@ typedef struct cf__block {
 
 struct cf_ctx {
     cf__block *first, *cur;    /* blocks in allocation order; cur is being filled */
+    /* Kernel scratch (cf_node_scratch): a second chain of blocks, given back when the kernel
+     * returns, so every kernel call reuses the same (cache-warm) memory. */
+    cf__block *scratch_first, *scratch_cur;
+    size_t scratch_used;       /* scratch bytes handed out now (in `peak` with `used`) */
     size_t limit;              /* most bytes the arena may reserve; 0: no limit */
     size_t reserved;           /* bytes reserved from the system */
     size_t used;               /* bytes handed out since the last reset */
@@ -41,6 +45,16 @@ struct cf_ctx {
 void *cf__grad_alloc(cf_ctx *ctx, size_t bytes);
 /* Gives a dead activation gradient back for reuse within this step. */
 void cf__grad_release(cf_ctx *ctx, void *p, size_t bytes);
+
+/* Kernel scratch: cf_node_scratch's memory. Kernels run between a mark and a release (nested
+ * kernels nest), and everything allocated after the mark is free again at the release. */
+typedef struct cf__scratch_mark {
+    cf__block *block;
+    size_t used, total;
+} cf__scratch_mark;
+void *cf__scratch_alloc(cf_ctx *ctx, size_t bytes, const char *what);
+cf__scratch_mark cf__scratch_get_mark(const cf_ctx *ctx);
+void cf__scratch_release(cf_ctx *ctx, cf__scratch_mark m);
 
 /* An arena tensor whose data is not initialised (NaN-filled in poison mode): op outputs,
  * which their kernels overwrite entirely. */

@@ -222,7 +222,9 @@ cf_status cf_op_apply(cf_ctx *ctx, const cf_op_def *op, int n_in, cf_tensor *con
         fwd = op->fast[dt].forward;
         node->fast = true;
     }
+    const cf__scratch_mark mark = cf__scratch_get_mark(ctx);
     st = fwd(node);
+    cf__scratch_release(ctx, mark);
     if (st != CF_OK || ctx->status != CF_OK) {
         if (ctx->status == CF_OK) cf_ctx_fail(ctx, st, "op '%s': forward failed", op->name);
         return ctx->status;
@@ -262,7 +264,7 @@ void *cf_node_save(cf_node *n, int slot, size_t bytes)
 
 void *cf_node_scratch(cf_node *n, size_t bytes)
 {
-    return cf_ctx_alloc(n->ctx, bytes, n->op->name);
+    return cf__scratch_alloc(n->ctx, bytes, n->op->name);
 }
 
 /* Input i's gradient buffer, allocated on first use; *fresh says its contents are undefined

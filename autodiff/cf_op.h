@@ -139,7 +139,9 @@ cf_tensor *cf_op_apply1(cf_ctx *ctx, const cf_op_def *op, int n_in, cf_tensor *c
 /* Allocates `bytes` for the forward to keep for backward in saved[slot] (arena, uninitialised).
  * Works when not recording too (as scratch). NULL with a sticky CF_ERR_ARENA on exhaustion. */
 void *cf_node_save(cf_node *n, int slot, size_t bytes);
-/* Scratch memory from the arena for this kernel call (uninitialised). */
+/* Scratch memory for this kernel call (uninitialised, 64-byte aligned): it is given back when
+ * the kernel returns and reused by the next kernel call, so it stays warm in cache; keep
+ * nothing in it for later (cf_node_save is for that). Counted in the arena's figures. */
 void *cf_node_scratch(cf_node *n, size_t bytes);
 
 /* In backward: the gradient buffer of input i to add into (same dtype and numel as the

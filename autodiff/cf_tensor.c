@@ -189,10 +189,11 @@ cf_ctx *cf_ctx_new(size_t arena_limit)
 void cf_ctx_free(cf_ctx *ctx)
 {
     if (!ctx) return;
-    for (cf__block *b = ctx->first, *next; b; b = next) {
-        next = b->next;
-        free(b);
-    }
+    for (int chain = 0; chain < 2; chain++)
+        for (cf__block *b = chain ? ctx->scratch_first : ctx->first, *next; b; b = next) {
+            next = b->next;
+            free(b);
+        }
     free(ctx->nodes);
     free(ctx->spare);
     free(ctx);
@@ -203,6 +204,7 @@ void cf_ctx_reset(cf_ctx *ctx)
     for (cf__block *b = ctx->first; b; b = b->next) b->used = 0;
     ctx->cur = ctx->first;
     ctx->used = 0;
+    cf__scratch_release(ctx, (cf__scratch_mark){0});
     ctx->n_nodes = 0;
     ctx->consumed = 0;
     ctx->n_spare = 0;
@@ -303,18 +305,19 @@ void cf__grad_release(cf_ctx *ctx, void *p, size_t bytes)
     ctx->n_spare++;
 }
 
-void *cf_ctx_alloc(cf_ctx *ctx, size_t bytes, const char *what)
+/* `need` bytes from a chain of blocks: the current block, then the (kept) blocks after it,
+ * else a new block appended at the end. *used counts the bytes handed out from the chain. */
+static void *chain_alloc(cf_ctx *ctx, cf__block **first, cf__block **cur, size_t *used,
+                         size_t need, const char *what)
 {
-    size_t need = align_up(bytes ? bytes : 1);
     /* Try the current block, then the blocks after it (kept from earlier steps). */
-    for (cf__block *b = ctx->cur; b; b = b->next) {
+    for (cf__block *b = *cur; b; b = b->next) {
         if (b->size - b->used >= need) {
             /* Blocks skipped over stay partly unused until the next reset. */
             char *p = (char *)b + align_up(sizeof *b) + b->used;
             b->used += need;
-            ctx->cur = b;
-            ctx->used += need;
-            if (ctx->used > ctx->peak) ctx->peak = ctx->used;
+            *cur = b;
+            *used += need;
             return p;
         }
     }
@@ -324,11 +327,12 @@ void *cf_ctx_alloc(cf_ctx *ctx, size_t bytes, const char *what)
     if (ctx->limit && ctx->reserved + size > ctx->limit) size = need;
     if (ctx->limit && ctx->reserved + size > ctx->limit) {
         size_t left = ctx->limit - ctx->reserved;
-        for (cf__block *b = ctx->cur; b; b = b->next) left += b->size - b->used;
+        for (cf__block *b = *cur; b; b = b->next) left += b->size - b->used;
         cf_ctx_fail(ctx, CF_ERR_ARENA,
                     "arena exhausted: %s needed %zu bytes; %zu of the arena's limit of %zu "
                     "bytes were available (%zu in use this step); raise the limit",
-                    what ? what : "an allocation", need, left, ctx->limit, ctx->used);
+                    what ? what : "an allocation", need, left, ctx->limit,
+                    ctx->used + ctx->scratch_used);
         return NULL;
     }
     void *mem = NULL;
@@ -342,20 +346,56 @@ void *cf_ctx_alloc(cf_ctx *ctx, size_t bytes, const char *what)
     nb->size = size;
     nb->used = 0;
     /* Append after the last block so reset walks blocks in the same order every step. */
-    if (!ctx->first) {
-        ctx->first = nb;
+    if (!*first) {
+        *first = nb;
     } else {
-        cf__block *last = ctx->cur ? ctx->cur : ctx->first;
+        cf__block *last = *cur ? *cur : *first;
         while (last->next) last = last->next;
         last->next = nb;
     }
     ctx->reserved += size;
-    ctx->cur = nb;
+    *cur = nb;
     char *p = (char *)nb + align_up(sizeof *nb);
     nb->used = need;
-    ctx->used += need;
-    if (ctx->used > ctx->peak) ctx->peak = ctx->used;
+    *used += need;
     return p;
+}
+
+static void note_peak(cf_ctx *ctx)
+{
+    if (ctx->used + ctx->scratch_used > ctx->peak) ctx->peak = ctx->used + ctx->scratch_used;
+}
+
+void *cf_ctx_alloc(cf_ctx *ctx, size_t bytes, const char *what)
+{
+    void *p = chain_alloc(ctx, &ctx->first, &ctx->cur, &ctx->used, align_up(bytes ? bytes : 1),
+                          what);
+    note_peak(ctx);
+    return p;
+}
+
+void *cf__scratch_alloc(cf_ctx *ctx, size_t bytes, const char *what)
+{
+    void *p = chain_alloc(ctx, &ctx->scratch_first, &ctx->scratch_cur, &ctx->scratch_used,
+                          align_up(bytes ? bytes : 1), what);
+    note_peak(ctx);
+    return p;
+}
+
+cf__scratch_mark cf__scratch_get_mark(const cf_ctx *ctx)
+{
+    return (cf__scratch_mark){ctx->scratch_cur, ctx->scratch_cur ? ctx->scratch_cur->used : 0,
+                              ctx->scratch_used};
+}
+
+void cf__scratch_release(cf_ctx *ctx, cf__scratch_mark m)
+{
+    cf__block *b = m.block ? m.block : ctx->scratch_first;
+    if (!b) return;
+    b->used = m.block ? m.used : 0;
+    for (b = b->next; b; b = b->next) b->used = 0;
+    ctx->scratch_cur = m.block ? m.block : ctx->scratch_first;
+    ctx->scratch_used = m.total;
 }
 
 /* Shape checks and the arena allocations shared by the tensor constructors; with_data false:

@@ -91,6 +91,29 @@ static const cf_op_def op_zero = {.name = "test_zero", .n_inputs = 1, .n_outputs
                                   .infer = same_shape_infer, .forward = zero_fwd,
                                   .backward = zero_bwd};
 
+/* y = 3x through 1 MB of kernel scratch in both directions, remembering where it was. */
+static void *scratch_seen[8];
+static int n_scratch_seen;
+static cf_status scratchy_fwd(cf_node *n)
+{
+    float *s = cf_node_scratch(n, (size_t)1 << 20);
+    if (!s) return cf_ctx_status(n->ctx);
+    if (n_scratch_seen < 8) scratch_seen[n_scratch_seen++] = s;
+    memset(s, 0x7f, (size_t)1 << 20);
+    return triple_fwd(n);
+}
+static cf_status scratchy_bwd(cf_node *n)
+{
+    float *s = cf_node_scratch(n, (size_t)1 << 20);
+    if (!s) return cf_ctx_status(n->ctx);
+    if (n_scratch_seen < 8) scratch_seen[n_scratch_seen++] = s;
+    memset(s, 0x7f, (size_t)1 << 20);
+    return triple_bwd(n);
+}
+static const cf_op_def op_scratchy = {.name = "test_scratchy", .n_inputs = 1, .n_outputs = 1,
+                                      .infer = same_shape_infer, .forward = scratchy_fwd,
+                                      .backward = scratchy_bwd};
+
 static cf_tensor *heap(cf_dtype dt, int ndim, const int64_t *shape, double lo, double hi,
                        uint64_t seed)
 {
@@ -173,6 +196,31 @@ START_TEST(test_arena_reuse_across_steps)
     ck_assert_uint_ge(cf_ctx_arena_peak(ctx), used);
     cf_ctx_free(ctx);
     cf_params_free(ps);
+}
+END_TEST
+
+/* Kernel scratch is given back when the kernel returns: every call of a chain of ops, forward
+ * and backward, gets the same memory, the arena's used bytes do not grow with the chain, and
+ * the peak counts the scratch. */
+START_TEST(test_kernel_scratch_is_reused)
+{
+    cf_ctx *ctx = cf_ctx_new(0);
+    cf_tensor *x = cf_tensor_new_v(ctx, CF_F32, 4);
+    for (int i = 0; i < 4; i++) cf_tensor_set(x, i, i + 1.0);
+    ck_assert_int_eq(cf_tensor_requires_grad(ctx, x), CF_OK);
+    n_scratch_seen = 0;
+    cf_tensor *y = cf_op_apply1(ctx, &op_scratchy, 1, &x, NULL);
+    const size_t used1 = cf_ctx_arena_used(ctx);
+    for (int i = 0; i < 3; i++) y = cf_op_apply1(ctx, &op_scratchy, 1, &y, NULL);
+    ck_assert_ptr_nonnull(y);
+    ck_assert_uint_lt(cf_ctx_arena_used(ctx) - used1, (size_t)1 << 19); /* nodes, outputs */
+    ck_assert_int_eq(cf_backward(ctx, cf_sum_all(ctx, y)), CF_OK);
+    ck_assert_int_eq(n_scratch_seen, 8);
+    for (int i = 1; i < 8; i++) ck_assert_ptr_eq(scratch_seen[i], scratch_seen[0]);
+    ck_assert_double_eq_tol(cf_tensor_get(y, 3), 4.0 * 81.0, 1e-9);
+    ck_assert_double_eq_tol(cf_buf_get(CF_F32, x->grad, 0), 81.0, 1e-9);
+    ck_assert_uint_ge(cf_ctx_arena_peak(ctx), cf_ctx_arena_used(ctx) + ((size_t)1 << 20));
+    cf_ctx_free(ctx);
 }
 END_TEST
 
@@ -548,6 +596,7 @@ static Suite *autodiff_suite(void)
     tcase_add_test(tc, test_tensor_basics);
     tcase_add_test(tc, test_arena_exhaustion_message);
     tcase_add_test(tc, test_arena_reuse_across_steps);
+    tcase_add_test(tc, test_kernel_scratch_is_reused);
     tcase_add_test(tc, test_fan_out);
     tcase_add_test(tc, test_backward_twice_is_an_error);
     tcase_add_test(tc, test_retain_allows_second_backward);
