@@ -56,6 +56,11 @@ void *cf__scratch_alloc(cf_ctx *ctx, size_t bytes, const char *what);
 cf__scratch_mark cf__scratch_get_mark(const cf_ctx *ctx);
 void cf__scratch_release(cf_ctx *ctx, cf__scratch_mark m);
 
+/* The same for the arena itself, for grad-free passes that run a piece of a graph many times
+ * (nothing allocated after the mark may be used after the release: no tape, no gradients). */
+cf__scratch_mark cf__arena_get_mark(const cf_ctx *ctx);
+void cf__arena_release(cf_ctx *ctx, cf__scratch_mark m);
+
 /* An arena tensor whose data is not initialised (NaN-filled in poison mode): op outputs,
  * which their kernels overwrite entirely. */
 cf_tensor *cf__tensor_new_uninit(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape);

@@ -374,6 +374,23 @@ void *cf_ctx_alloc(cf_ctx *ctx, size_t bytes, const char *what)
     return p;
 }
 
+cf__scratch_mark cf__arena_get_mark(const cf_ctx *ctx)
+{
+    return (cf__scratch_mark){ctx->cur, ctx->cur ? ctx->cur->used : 0, ctx->used};
+}
+
+void cf__arena_release(cf_ctx *ctx, cf__scratch_mark m)
+{
+    /* Blocks after the current one are empty since the last reset: allocation only moves
+     * forward, so everything after the mark is what was allocated since. */
+    cf__block *b = m.block ? m.block : ctx->first;
+    if (!b) return;
+    b->used = m.block ? m.used : 0;
+    for (b = b->next; b; b = b->next) b->used = 0;
+    ctx->cur = m.block ? m.block : ctx->first;
+    ctx->used = m.total;
+}
+
 void *cf__scratch_alloc(cf_ctx *ctx, size_t bytes, const char *what)
 {
     void *p = chain_alloc(ctx, &ctx->scratch_first, &ctx->scratch_cur, &ctx->scratch_used,

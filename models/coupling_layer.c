@@ -17,6 +17,9 @@
  * Tensors: <name>.nets.<k>.{conv1.weight, actnorm1.{bias,logs}, conv2.weight,
  * actnorm2.{bias,logs}, out.{weight,bias,logs}}; state <name>.nets.<k>.actnorm{1,2}.initialized.
  */
+#include <omp.h>
+
+#include "cf_autodiff_impl.h"
 #include "cf_models_impl.h"
 
 typedef struct coupling_net {
@@ -76,6 +79,34 @@ static cf_status coupling_forward(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     return cf__add_logdet(ctx, io, ld);
 }
 
+/* Images per group of the grad-free inverse (see there): about this many floats per thread in
+ * each of the networks' hidden activations. */
+#define GROUP_FLOATS (256 * 1024)
+
+static bool nets_initialized(const coupling_layer *l)
+{
+    for (int k = 0; k < l->n_nets; k++)
+        if (cf_tensor_get(l->nets[k].init1, 0) == 0.0 || cf_tensor_get(l->nets[k].init2, 0) == 0.0)
+            return false;
+    return true;
+}
+
+/* Images [b0, b0 + n) of t, as a view into its data (arena header). */
+static cf_tensor *batch_view(cf_ctx *ctx, cf_tensor *t, int64_t b0, int64_t n)
+{
+    int64_t shape[CF_MAX_DIMS];
+    for (int d = 0; d < t->ndim; d++) shape[d] = t->shape[d];
+    shape[0] = n;
+    cf_tensor *v = cf__tensor_new_borrowed(ctx, t->dtype, t->ndim, shape);
+    const size_t per_image = (size_t)(t->numel / t->shape[0]) * cf_dtype_size(t->dtype);
+    if (v) v->data = (char *)t->data + (size_t)b0 * per_image;
+    return v;
+}
+
+/* Without a tape (sampling, rebuilding inputs), the networks run on groups of images whose
+ * hidden activations (GROUP_FLOATS each) stay in cache from one convolution to the next, and
+ * each group's arena memory is reused by the next group; with one (or before the actnorms'
+ * data-dependent initialisation, which needs the whole batch), on the whole batch. */
 static cf_status coupling_inverse(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
 {
     coupling_layer *l = (coupling_layer *)self;
@@ -84,10 +115,26 @@ static cf_status coupling_inverse(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     cf_tensor *x = cf_tensor_new(ctx, y->dtype, y->ndim, y->shape);
     if (!x) return cf_ctx_status(ctx);
     cf_tensor_copy(x, y);
-    for (int k = 0; k < l->n_nets; k++) {
-        cf_tensor *h = net_apply(ctx, &l->nets[k], cf__channels(ctx, x, 0, net_inputs(l, k)));
-        if (!h) return cf_ctx_status(ctx);
-        cf_coupling_inverse_block(x, y, h, net_inputs(l, k));
+    const int64_t B = y->shape[0], hw = y->numel / (B ? B : 1) / y->shape[y->ndim - 1];
+    int64_t G = B;
+    if (!cf_ctx_grad_enabled(ctx) && nets_initialized(l)) {
+        const int64_t nt = omp_get_max_threads();
+        G = nt * (GROUP_FLOATS / (hw * l->nets[0].hidden));
+        if (G < nt) G = nt;
+        if (G > B) G = B;
+    }
+    for (int64_t b0 = 0; b0 < B; b0 += G) {
+        const int64_t n = B - b0 < G ? B - b0 : G;
+        const cf__scratch_mark mark = cf__arena_get_mark(ctx);
+        cf_tensor *xg = G == B ? x : batch_view(ctx, x, b0, n);
+        cf_tensor *yg = G == B ? y : batch_view(ctx, y, b0, n);
+        if (!xg || !yg) return cf_ctx_status(ctx);
+        for (int k = 0; k < l->n_nets; k++) {
+            cf_tensor *h = net_apply(ctx, &l->nets[k], cf__channels(ctx, xg, 0, net_inputs(l, k)));
+            if (!h) return cf_ctx_status(ctx);
+            cf_coupling_inverse_block(xg, yg, h, net_inputs(l, k));
+        }
+        if (G != B) cf__arena_release(ctx, mark);
     }
     io->x = x;
     return CF_OK;
