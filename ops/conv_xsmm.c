@@ -670,15 +670,27 @@ bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float 
         break;
     }
     key.ldc = key.m;
-    cf__xsmm_fn fn = {0}, fn_tail = {0};
+    cf__xsmm_fn fn = {0}, fn_tail = {0}, fn_kw[7] = {{0}};
     if ((form != BW_1X1 || full > 0) && !cf__xsmm_get(&key, &fn)) return false;
     if (form == BW_1X1 && tail > 0) {
         key.k = (int)tail;
         if (!cf__xsmm_get(&key, &fn_tail)) return false;
     }
+    /* The rows and transposed forms read x in place, without a padded copy: tap column kw pairs
+     * output columns [j0, j1) (those whose input column is inside the image) with input
+     * columns [j0 + kw - left, ...), one kernel per width; rows whose input row is outside the
+     * image are left out of the batch. (The padding's zeros contribute nothing.) */
+    const bool in_place = form == BW_TRANSPOSED || form == BW_ROWS;
+    int64_t kw_j0[7] = {0}, kw_j1[7] = {0};
+    for (int64_t kw = 0; in_place && kw < g->KW; kw++) {
+        kw_j0[kw] = g->pl - kw > 0 ? g->pl - kw : 0;
+        kw_j1[kw] = g->W + g->pl - kw < Wo ? g->W + g->pl - kw : Wo;
+        key.k = (int)(kw_j1[kw] - kw_j0[kw]);
+        if (key.k > 0 && !cf__xsmm_get(&key, &fn_kw[kw])) return false;
+    }
 
     const int64_t per = line_up(WN + K);
-    const int64_t sper = form == BW_1X1 ? 0 : line_up(G * srows * Wp * C);
+    const int64_t sper = form == BW_1X1 || in_place ? 0 : line_up(G * srows * Wp * C);
     const int64_t cper = form == BW_IM2COL ? line_up(G * rows * TC * Wo) : 0;
     const int64_t oper = G * rows; /* offsets per array */
     float *part = cf_node_scratch(n, (size_t)(per * nt) * sizeof(float));
@@ -712,7 +724,7 @@ bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float 
                 for (int64_t p = c0 * PIX_CHUNK; p < (last ? N : c1 * PIX_CHUNK); p++)
                     for (int64_t k = 0; k < K; k++) pb[k] += dy[p * K + k];
         } else {
-            float *s = scratch + (sper + cper) * tid, *col = s + sper;
+            float *s = scratch ? scratch + (sper + cper) * tid : NULL, *col = s ? s + sper : NULL;
             unsigned long long *dy_offs = offs + 2 * oper * tid, *s_offs = dy_offs + oper;
 #pragma omp for schedule(static)
             for (int64_t it = 0; it < items; it++) {
@@ -722,6 +734,32 @@ bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float 
                 const int64_t r0 = nrb > 1 ? (it % nrb) * rows : 0;
                 const int64_t r1 = r0 + rows < Ho ? r0 + rows : Ho, nr = r1 - r0;
                 unsigned long long count = (unsigned long long)(gn * nr);
+                const float *dyb = dy + (b0 * Ho + r0) * Wo * K;
+                if (in_place) {
+                    for (int64_t t = 0; t < T; t++) {
+                        const int64_t kh = t / g->KW, kw = t % g->KW;
+                        if (kw_j1[kw] <= kw_j0[kw]) continue;
+                        unsigned long long cnt = 0;
+                        for (int64_t gi = 0; gi < gn; gi++)
+                            for (int64_t i = r0; i < r1; i++) {
+                                const int64_t ih = i + kh - g->pt, b = b0 + gi;
+                                if (ih < 0 || ih >= g->H) continue;
+                                s_offs[cnt] = (unsigned long long)(((b * g->H + ih) * g->W +
+                                                                    kw_j0[kw] + kw - g->pl) * C * fs);
+                                dy_offs[cnt] = (unsigned long long)(((b * Ho + i) * Wo + kw_j0[kw]) *
+                                                                    K * fs);
+                                cnt++;
+                            }
+                        if (cnt && form == BW_ROWS)
+                            fn_kw[kw].offs(dy, x, pw + t * C * K, &cnt, dy_offs, s_offs);
+                        else if (cnt)
+                            fn_kw[kw].offs(x, dy, pw + t * K * C, &cnt, s_offs, dy_offs);
+                    }
+                    if (db)
+                        for (int64_t p = 0; p < gn * nr * Wo; p++)
+                            for (int64_t k = 0; k < K; k++) pb[k] += dyb[p * K + k];
+                    continue;
+                }
                 for (int64_t gi = 0; gi < gn; gi++) {
                     pad_rows(s + gi * srows * Wp * C, x + (b0 + gi) * g->H * g->W * C, g, r0, nr);
                     for (int64_t r = 0; r < nr; r++) {
@@ -729,7 +767,6 @@ bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float 
                         s_offs[gi * nr + r] = (unsigned long long)((gi * srows + r) * Wp * C * fs);
                     }
                 }
-                const float *dyb = dy + (b0 * Ho + r0) * Wo * K;
                 if (form == BW_IM2COL) {
                     for (int64_t gi = 0; gi < gn; gi++)
                         for (int64_t r = 0; r < nr; r++)

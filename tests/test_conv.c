@@ -189,6 +189,9 @@ START_TEST(test_fast_conv_larger_shapes)
     const cf_conv_attrs odd = {{0, 1, 2, 0}, CF_CONV_MASK_NONE};
     check_fast_conv(2, 9, 12, 17, 4, 3, 3, &odd, true, 23);
     check_fast_conv(3, 14, 14, 2, 24, 3, 3, &same, true, 24); /* backward-data by pix */
+    check_fast_conv(2, 7, 18, 20, 32, 3, 3, &odd, true, 25);  /* rows, uneven padding */
+    check_fast_conv(2, 6, 17, 16, 16, 3, 3, &none, false, 26); /* rows, no padding */
+    check_fast_conv(1, 2, 2, 16, 16, 3, 3, &same, true, 27);   /* every row cut short */
     const cf_conv_attrs cinc = cf_conv_attrs_masked(CF_CONV_MASK_CINC);
     check_fast_conv(3, 8, 8, 12, 12, 3, 3, &cinc, true, 16);
 }
