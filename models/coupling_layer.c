@@ -122,6 +122,10 @@ static cf_status coupling_inverse(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
         G = nt * (GROUP_FLOATS / (hw * l->nets[0].hidden));
         if (G < nt) G = nt;
         if (G > B) G = B;
+        /* groups of even size: 100 images in 34 + 33 + 33 rather than 41 + 41 + 18 */
+        const int64_t groups = (B + G - 1) / G;
+        G = ((B + groups - 1) / groups + nt - 1) / nt * nt;
+        if (G > B) G = B;
     }
     for (int64_t b0 = 0; b0 < B; b0 += G) {
         const int64_t n = B - b0 < G ? B - b0 : G;
