@@ -3,6 +3,7 @@
  *
  * Not here: the layers themselves (one file each), data and dequantization (io/).
  */
+#include "cf_autodiff_impl.h"
 #include "cf_models_impl.h"
 
 struct cf_flow {
@@ -582,6 +583,53 @@ cf_tensor *cf_flow_bpd_per_image(cf_flow *f, cf_ctx *ctx, cf_tensor *logp)
 cf_tensor *cf_flow_bpd(cf_flow *f, cf_ctx *ctx, cf_tensor *x)
 {
     return cf_mean_all(ctx, cf_flow_bpd_per_image(f, ctx, cf_flow_log_prob(f, ctx, x, NULL)));
+}
+
+/* True when no layer has an actnorm still waiting for its data-dependent initialisation. */
+static bool all_initialized(const cf_flow *f)
+{
+    for (int k = 0; k < f->n_layers; k++) {
+        const cf_layer *l = f->layers[k];
+        for (int i = 0; i < l->n_state; i++)
+            if (l->state[i]->name && strstr(l->state[i]->name, "initialized") &&
+                cf_tensor_get(l->state[i], 0) == 0.0)
+                return false;
+    }
+    return true;
+}
+
+cf_status cf_flow_train_step(cf_flow *f, cf_ctx *ctx, const cf_tensor *x, int64_t micro,
+                             double *loss)
+{
+    *loss = NAN;
+    if (cf_ctx_status(ctx) != CF_OK) return cf_ctx_status(ctx);
+    if (!x || x->ndim != 4 || x->shape[0] < 1)
+        return cf_ctx_fail(ctx, CF_ERR_SHAPE, "cf_flow_train_step: x must be a (B, H, W, C) "
+                           "batch of at least one image");
+    const int64_t B = x->shape[0], per = x->numel / B;
+    /* A flow not initialised yet initialises its actnorms from the whole batch, as one pass. */
+    if (micro <= 0 || micro > B || !all_initialized(f)) micro = B;
+    cf_params_zero_grad(f->ps);
+    double total = 0;
+    for (int64_t b0 = 0; b0 < B; b0 += micro) {
+        const int64_t n = B - b0 < micro ? B - b0 : micro;
+        cf_tensor *xm = cf__tensor_new_borrowed(ctx, x->dtype, 4,
+                                                (int64_t[]){n, x->shape[1], x->shape[2],
+                                                            x->shape[3]});
+        if (!xm) return cf_ctx_status(ctx);
+        xm->data = (char *)x->data + (size_t)(b0 * per) * cf_dtype_size(x->dtype);
+        cf_tensor *bpd = cf_flow_bpd(f, ctx, xm);
+        /* d(batch mean)/d(this micro-batch's mean) = n / B */
+        cf_tensor *seed = cf_tensor_new(ctx, x->dtype, 0, NULL);
+        if (!bpd || !seed) return cf_ctx_status(ctx);
+        cf_tensor_set(seed, 0, (double)n / (double)B);
+        cf_status st = cf_backward_ex(ctx, bpd, seed, 0);
+        if (st != CF_OK) return st;
+        total += cf_tensor_get(bpd, 0) * (double)n / (double)B;
+        cf_ctx_reset(ctx);
+    }
+    *loss = total;
+    return CF_OK;
 }
 
 cf_status cf_flow_encode(cf_flow *f, cf_ctx *ctx, cf_tensor *x, cf_flow_io *io)

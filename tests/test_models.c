@@ -429,6 +429,71 @@ static double max_abs_diff(const double *a, const double *ref, size_t n, double 
     return err;
 }
 
+/* The gradients and loss of cf_flow_train_step on x, as doubles; the arena's peak. */
+static void train_step_of(cf_flow *f, const cf_tensor *x, int64_t micro, double *g, double *loss,
+                          size_t *peak)
+{
+    cf_params *ps = cf_flow_params(f);
+    cf_ctx *ctx = cf_ctx_new(0);
+    ck_assert_msg(cf_flow_train_step(f, ctx, x, micro, loss) == CF_OK, "%s", cf_ctx_error(ctx));
+    ck_assert_int_eq(cf_ctx_arena_used(ctx), 0); /* reset after the last micro-batch */
+    *peak = cf_ctx_arena_peak(ctx);
+    for (size_t i = 0; i < cf_params_flat_numel(ps); i++)
+        g[i] = cf_buf_get(cf_params_dtype(ps), cf_params_grad(ps), (int64_t)i);
+    cf_ctx_free(ctx);
+}
+
+/* A step in micro-batches (7 images as 3 + 3 + 1, and one at a time) has the whole batch's
+ * loss and gradients, in less arena; gradients left from before are zeroed; a flow whose
+ * actnorms are not initialised takes the whole batch at once, so they initialise from all of
+ * it. */
+START_TEST(test_train_step_micro_batches)
+{
+    for (int dt = 0; dt < CF_DTYPE_COUNT; dt++) {
+        const double tol = dt == CF_F64 ? 1e-11 : 2e-5;
+        cf_flow *f = small_flow(dt, CF_INVCONV_KIND_CINC, CF_COUPLING_KIND_QUAD);
+        perturb_flow(f, 0.05);
+        cf_tensor *x = cf_tensor_alloc(dt, 4, (int64_t[]){7, 8, 8, 1});
+        cf_rng rng;
+        cf_rng_seed(&rng, 31, 0);
+        cf_tensor_fill_uniform(x, &rng, -0.5, 0.5);
+        size_t n = cf_params_flat_numel(cf_flow_params(f)), peak[3];
+        double *g[3], loss[3], scale;
+        const int64_t micro[3] = {0, 3, 1};
+        for (int m = 0; m < 3; m++) {
+            g[m] = malloc(n * sizeof(double));
+            cf_buf_set(dt, cf_params_grad(cf_flow_params(f)), 0, 123.0); /* stale: zeroed */
+            train_step_of(f, x, micro[m], g[m], &loss[m], &peak[m]);
+        }
+        for (int m = 1; m < 3; m++) {
+            double err = max_abs_diff(g[m], g[0], n, &scale);
+            ck_assert_msg(err <= tol * scale, "%s, micro-batches of %lld: gradients differ by "
+                          "%g (scale %g)", cf_dtype_name(dt), (long long)micro[m], err, scale);
+            ck_assert_msg(fabs(loss[m] - loss[0]) <= tol * fabs(loss[0]), "%s: loss %.12g, "
+                          "whole batch %.12g", cf_dtype_name(dt), loss[m], loss[0]);
+            ck_assert_uint_lt(peak[m], peak[0]);
+        }
+        /* Fresh flows (actnorms to initialise), the same seed: micro-batches of 2 or not. */
+        cf_flow *a = small_flow(dt, CF_INVCONV_KIND_CINC, CF_COUPLING_KIND_QUAD);
+        cf_flow *b = small_flow(dt, CF_INVCONV_KIND_CINC, CF_COUPLING_KIND_QUAD);
+        train_step_of(a, x, 0, g[0], &loss[0], &peak[0]);
+        train_step_of(b, x, 2, g[1], &loss[1], &peak[1]);
+        ck_assert_msg(loss[0] == loss[1], "initialising step: loss %.12g against %.12g", loss[1],
+                      loss[0]);
+        for (size_t i = 0; i < n; i++) {
+            ck_assert(cf_buf_get(dt, cf_params_data(cf_flow_params(a)), (int64_t)i) ==
+                      cf_buf_get(dt, cf_params_data(cf_flow_params(b)), (int64_t)i));
+            ck_assert(g[0][i] == g[1][i]);
+        }
+        for (int m = 0; m < 3; m++) free(g[m]);
+        cf_tensor_free(x);
+        cf_flow_free(a);
+        cf_flow_free(b);
+        cf_flow_free(f);
+    }
+}
+END_TEST
+
 /* Recomputing steps during backward gives the plain path's loss and gradients, and keeps
  * less on the tape. */
 START_TEST(test_recompute_matches_plain)
@@ -654,6 +719,7 @@ static Suite *models_suite(void)
     tcase_add_test(models, test_model_round_trip_all_combinations);
     tcase_add_test(models, test_model_fast_gradcheck);
     tcase_add_test(models, test_identity_model_closed_form);
+    tcase_add_test(models, test_train_step_micro_batches);
     tcase_add_test(models, test_recompute_matches_plain);
     tcase_add_test(models, test_rebuild_inputs_matches_plain);
     tcase_add_test(models, test_thread_count_invariance);

@@ -4,10 +4,12 @@
  * 28x28x1) and the paper's CIFAR-10 model (L=3, K=32, width 512, quad, CInC; 32x32x3), both on
  * synthetic 8-bit images uniformly dequantized.
  *
- * train_paper_b64 keeps the whole tape when it fits in half of this machine's memory (about
- * 19 GB at batch 64, so on a 24 GB machine it recomputes); _plain always keeps it (20 GB
- * resident) and _recompute always recomputes each flow step during backward
- * (cf_flow_set_recompute), which is what keeps the paper model under 3.5 GB.
+ * Steps run as `cincflow train` runs them by default: the batch of 64 in forward and backward
+ * passes of 16 images (cf_flow_train_step), the gradients added up; the _whole cases take the
+ * 64 at once. train_paper_b64 keeps the whole tape when it fits in half of this machine's
+ * memory, else it recomputes; _plain always keeps it and _recompute always recomputes each
+ * flow step during backward (cf_flow_set_recompute), which is what keeps the paper model
+ * under 3.5 GB.
  * Peak resident memory is printed with each case (the process's, so far: run memory-sensitive
  * cases alone, with --filter).
  * Not run by the test suite.
@@ -27,28 +29,33 @@ typedef struct model_case {
     int64_t batch;  /* training batch, or images drawn */
     int recompute;  /* training: 0 plain tape, 1 recompute steps in backward, 2 recompute
                      * from inputs rebuilt by the inverses, -1 plain or 1, whichever fits */
+    int64_t micro;  /* training: images per forward and backward pass (0: the whole batch) */
 } model_case;
 
 static const model_case train_cases[] = {
     {"train_fashion_b64", {.height = 28, .width = 28, .channels = 1, .levels = 2, .depth = 8,
-                           .hidden = 128, .seed = 1}, 64, 0},
+                           .hidden = 128, .seed = 1}, 64, 0, 16},
+    {"train_fashion_b64_whole", {.height = 28, .width = 28, .channels = 1, .levels = 2,
+                                 .depth = 8, .hidden = 128, .seed = 1}, 64, 0, 0},
     {"train_fashion_b64_recompute", {.height = 28, .width = 28, .channels = 1, .levels = 2,
-                                     .depth = 8, .hidden = 128, .seed = 1}, 64, 1},
+                                     .depth = 8, .hidden = 128, .seed = 1}, 64, 1, 16},
     {"train_fashion_b64_rebuild", {.height = 28, .width = 28, .channels = 1, .levels = 2,
-                                   .depth = 8, .hidden = 128, .seed = 1}, 64, 2},
+                                   .depth = 8, .hidden = 128, .seed = 1}, 64, 2, 16},
     {"train_paper_b64", {.height = 32, .width = 32, .channels = 3, .levels = 3, .depth = 32,
-                         .hidden = 512, .seed = 1}, 64, -1},
+                         .hidden = 512, .seed = 1}, 64, -1, 16},
     {"train_paper_b64_recompute", {.height = 32, .width = 32, .channels = 3, .levels = 3,
-                                   .depth = 32, .hidden = 512, .seed = 1}, 64, 1},
+                                   .depth = 32, .hidden = 512, .seed = 1}, 64, 1, 16},
     {"train_paper_b64_plain", {.height = 32, .width = 32, .channels = 3, .levels = 3,
-                               .depth = 32, .hidden = 512, .seed = 1}, 64, 0},
+                               .depth = 32, .hidden = 512, .seed = 1}, 64, 0, 16},
+    {"train_paper_b64_whole", {.height = 32, .width = 32, .channels = 3, .levels = 3,
+                               .depth = 32, .hidden = 512, .seed = 1}, 64, 0, 0},
 };
 
 static const model_case sample_cases[] = {
     {"sample_fashion_n100", {.height = 28, .width = 28, .channels = 1, .levels = 2, .depth = 8,
-                             .hidden = 128, .seed = 1}, 100, 0},
+                             .hidden = 128, .seed = 1}, 100, 0, 0},
     {"sample_paper_n100", {.height = 32, .width = 32, .channels = 3, .levels = 3, .depth = 32,
-                           .hidden = 512, .seed = 1}, 100, 0},
+                           .hidden = 512, .seed = 1}, 100, 0, 0},
 };
 
 static double peak_rss_mb(void)
@@ -99,7 +106,8 @@ static int run_train(const bench_opts *o, const model_case *c)
     char shape[128];
     shape_of(c, shape, sizeof shape);
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    double need = train_bytes(&c->cfg, c->batch), have = (double)pages * (double)page;
+    const int64_t pass = c->micro && c->micro < c->batch ? c->micro : c->batch;
+    double need = train_bytes(&c->cfg, pass), have = (double)pages * (double)page;
     bool recompute = c->recompute >= 1 || (c->recompute < 0 && need > 0.5 * have);
     cf_flow *flow = cf_flow_new(&c->cfg, CF_F32);
     if (!flow) {
@@ -141,9 +149,8 @@ static int run_train(const bench_opts *o, const model_case *c)
     for (int r = 0; r < warm + repeats; r++) {
         cf_batcher_next(b, x, NULL, NULL);
         double t0 = bench_now();
-        cf_tensor *bpd = cf_flow_bpd(flow, ctx, x);
-        cf_params_zero_grad(ps);
-        if (cf_backward(ctx, bpd) != CF_OK) {
+        double loss;
+        if (cf_flow_train_step(flow, ctx, x, c->micro, &loss) != CF_OK) {
             fprintf(stderr, "bench %s: %s\n", c->name, cf_ctx_error(ctx));
             status = 1;
             break;
@@ -153,8 +160,9 @@ static int run_train(const bench_opts *o, const model_case *c)
         if (r >= warm) t[r - warm] = bench_now() - t0;
     }
     if (status == 0) {
-        char note[96];
-        snprintf(note, sizeof note, "arena peak %.0f MB%s", (double)cf_ctx_arena_peak(ctx) / 1e6,
+        char note[128];
+        snprintf(note, sizeof note, "arena peak %.0f MB, passes of %lld images%s",
+                 (double)cf_ctx_arena_peak(ctx) / 1e6, (long long)pass,
                  c->recompute == 2 ? ", recompute, rebuilt inputs"
                  : recompute      ? ", recompute"
                                   : "");
