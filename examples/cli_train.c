@@ -62,7 +62,7 @@ typedef struct train_opts {
     int64_t warmup, batch, steps, epochs, seed, checkpoint_every, eval_every, eval_limit;
     int64_t init_images, max_skips, threads, print_every;
     int recompute; /* auto, on, off, rebuild */
-    int64_t micro_batch;
+    int64_t micro_batch; /* 0: CF_FLOW_MICRO_PER_THREAD per thread */
 } train_opts;
 
 /* Actnorm's data-dependent initialisation: one forward, grad recording off, on a batch of n
@@ -160,7 +160,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
     train_opts o = {.data = "fashion-mnist", .model = cli_model_defaults(), .lr = 1e-3,
                     .clip = 50, .beta1 = 0.9, .beta2 = 0.999, .warmup = 500, .batch = 64,
                     .seed = 1, .checkpoint_every = 500, .init_images = 512, .max_skips = 20,
-                    .print_every = 50, .micro_batch = 16};
+                    .print_every = 50};
     cli_flag flags[40] = {
         {"--data", CLI_STRING, &o.data, 0, 0, NULL, "idx:FILE, fashion-mnist, cifar10:DIR, png:DIR or synthetic:HxWxC[:N]"},
         {"--optimizer", CLI_CHOICE, &o.optimizer, 0, 0, "adam|adamw|adamax", "optimizer (default adam)"},
@@ -185,7 +185,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
         {"--threads", CLI_INT, &o.threads, 1, 4096, NULL, "threads (default all cores)"},
         {"--print-every", CLI_INT, &o.print_every, 1, 1e12, NULL, "steps between progress lines when not on a terminal (default 50)"},
         {"--recompute", CLI_CHOICE, &o.recompute, 0, 0, "auto|on|off|rebuild", "keep one activation per step and recompute during backward (auto: when activations would pass 4 GB; rebuild: not even that, each step's input rebuilt with the inverses)"},
-        {"--micro-batch", CLI_INT, &o.micro_batch, 0, 65536, NULL, "images per forward and backward pass within a step, the step's gradient added up over its batch (default 16; 0: the whole batch at once)"},
+        {"--micro-batch", CLI_INT, &o.micro_batch, 1, 65536, NULL, "images per forward and backward pass within a step, the step's gradient added up over its batch (default 16 per thread; the batch size or more: all at once)"},
     };
     int n = 24;
     n += cli_model_flags(flags + n, &o.model);
@@ -234,8 +234,10 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
             return 1;
         }
     }
-    /* Activations are those of one micro-batch. */
-    const int64_t pass = o.micro_batch && o.micro_batch < o.batch ? o.micro_batch : o.batch;
+    /* Activations are those of one micro-batch (by default CF_FLOW_MICRO_PER_THREAD images
+     * per thread). */
+    if (!o.micro_batch) o.micro_batch = CF_FLOW_MICRO_PER_THREAD * omp_get_max_threads();
+    const int64_t pass = o.micro_batch < o.batch ? o.micro_batch : o.batch;
     bool recompute = o.recompute == 1 || o.recompute == 3 ||
                      (o.recompute == 0 && cli_activation_bytes(&cfg, pass, false) > 4e9);
     if (!cli_check_memory("train", &cfg, pass, true, recompute)) return 2;

@@ -5,8 +5,8 @@
  * synthetic 8-bit images uniformly dequantized.
  *
  * Steps run as `cincflow train` runs them by default: the batch of 64 in forward and backward
- * passes of 16 images (cf_flow_train_step), the gradients added up; the _whole cases take the
- * 64 at once. train_paper_b64 keeps the whole tape when it fits in half of this machine's
+ * passes of 16 images per thread (cf_flow_train_step), the gradients added up; the _whole
+ * cases take the 64 at once. train_paper_b64 keeps the whole tape when it fits in half of this machine's
  * memory, else it recomputes; _plain always keeps it and _recompute always recomputes each
  * flow step during backward (cf_flow_set_recompute), which is what keeps the paper model
  * under 3.5 GB.
@@ -29,24 +29,25 @@ typedef struct model_case {
     int64_t batch;  /* training batch, or images drawn */
     int recompute;  /* training: 0 plain tape, 1 recompute steps in backward, 2 recompute
                      * from inputs rebuilt by the inverses, -1 plain or 1, whichever fits */
-    int64_t micro;  /* training: images per forward and backward pass (0: the whole batch) */
+    int64_t micro;  /* training: images per forward and backward pass (0: the whole batch;
+                     * -1: CF_FLOW_MICRO_PER_THREAD per thread, `cincflow train`'s default) */
 } model_case;
 
 static const model_case train_cases[] = {
     {"train_fashion_b64", {.height = 28, .width = 28, .channels = 1, .levels = 2, .depth = 8,
-                           .hidden = 128, .seed = 1}, 64, 0, 16},
+                           .hidden = 128, .seed = 1}, 64, 0, -1},
     {"train_fashion_b64_whole", {.height = 28, .width = 28, .channels = 1, .levels = 2,
                                  .depth = 8, .hidden = 128, .seed = 1}, 64, 0, 0},
     {"train_fashion_b64_recompute", {.height = 28, .width = 28, .channels = 1, .levels = 2,
-                                     .depth = 8, .hidden = 128, .seed = 1}, 64, 1, 16},
+                                     .depth = 8, .hidden = 128, .seed = 1}, 64, 1, -1},
     {"train_fashion_b64_rebuild", {.height = 28, .width = 28, .channels = 1, .levels = 2,
-                                   .depth = 8, .hidden = 128, .seed = 1}, 64, 2, 16},
+                                   .depth = 8, .hidden = 128, .seed = 1}, 64, 2, -1},
     {"train_paper_b64", {.height = 32, .width = 32, .channels = 3, .levels = 3, .depth = 32,
-                         .hidden = 512, .seed = 1}, 64, -1, 16},
+                         .hidden = 512, .seed = 1}, 64, -1, -1},
     {"train_paper_b64_recompute", {.height = 32, .width = 32, .channels = 3, .levels = 3,
-                                   .depth = 32, .hidden = 512, .seed = 1}, 64, 1, 16},
+                                   .depth = 32, .hidden = 512, .seed = 1}, 64, 1, -1},
     {"train_paper_b64_plain", {.height = 32, .width = 32, .channels = 3, .levels = 3,
-                               .depth = 32, .hidden = 512, .seed = 1}, 64, 0, 16},
+                               .depth = 32, .hidden = 512, .seed = 1}, 64, 0, -1},
     {"train_paper_b64_whole", {.height = 32, .width = 32, .channels = 3, .levels = 3,
                                .depth = 32, .hidden = 512, .seed = 1}, 64, 0, 0},
 };
@@ -106,7 +107,8 @@ static int run_train(const bench_opts *o, const model_case *c)
     char shape[128];
     shape_of(c, shape, sizeof shape);
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    const int64_t pass = c->micro && c->micro < c->batch ? c->micro : c->batch;
+    const int64_t micro = c->micro < 0 ? CF_FLOW_MICRO_PER_THREAD * o->threads : c->micro;
+    const int64_t pass = micro && micro < c->batch ? micro : c->batch;
     double need = train_bytes(&c->cfg, pass), have = (double)pages * (double)page;
     bool recompute = c->recompute >= 1 || (c->recompute < 0 && need > 0.5 * have);
     cf_flow *flow = cf_flow_new(&c->cfg, CF_F32);
@@ -150,7 +152,7 @@ static int run_train(const bench_opts *o, const model_case *c)
         cf_batcher_next(b, x, NULL, NULL);
         double t0 = bench_now();
         double loss;
-        if (cf_flow_train_step(flow, ctx, x, c->micro, &loss) != CF_OK) {
+        if (cf_flow_train_step(flow, ctx, x, micro, &loss) != CF_OK) {
             fprintf(stderr, "bench %s: %s\n", c->name, cf_ctx_error(ctx));
             status = 1;
             break;
