@@ -184,8 +184,8 @@ bool cf__zero_conv_init(cf__zero_conv *z, cf_layer *l, cf_params *ps, const char
 
 cf_tensor *cf__zero_conv_apply(cf_ctx *ctx, const cf__zero_conv *z, cf_tensor *x)
 {
-    return cf_actnorm(ctx, cf_conv2d_same(ctx, x, z->weight, NULL), z->bias,
-                      cf_scale(ctx, z->logs, 3.0));
+    /* (conv(x) + bias) * exp(3 logs): one fused node, the scale applied as the GEMMs write */
+    return cf_conv2d_actnorm(ctx, x, z->weight, z->bias, cf_scale(ctx, z->logs, 3.0), false);
 }
 
 void cf__draw_gaussian(cf_tensor *x, const cf_tensor *mean, const cf_tensor *logs, double T,
