@@ -48,18 +48,18 @@ void cf__grad_release(cf_ctx *ctx, void *p, size_t bytes);
 
 /* Kernel scratch: cf_node_scratch's memory. Kernels run between a mark and a release (nested
  * kernels nest), and everything allocated after the mark is free again at the release. */
-typedef struct cf__scratch_mark {
+typedef struct cf__mark {
     cf__block *block;
     size_t used, total;
-} cf__scratch_mark;
+} cf__mark;
 void *cf__scratch_alloc(cf_ctx *ctx, size_t bytes, const char *what);
-cf__scratch_mark cf__scratch_get_mark(const cf_ctx *ctx);
-void cf__scratch_release(cf_ctx *ctx, cf__scratch_mark m);
+cf__mark cf__scratch_get_mark(const cf_ctx *ctx);
+void cf__scratch_release(cf_ctx *ctx, cf__mark m);
 
 /* The same for the arena itself, for grad-free passes that run a piece of a graph many times
  * (nothing allocated after the mark may be used after the release: no tape, no gradients). */
-cf__scratch_mark cf__arena_get_mark(const cf_ctx *ctx);
-void cf__arena_release(cf_ctx *ctx, cf__scratch_mark m);
+cf__mark cf__arena_get_mark(const cf_ctx *ctx);
+void cf__arena_release(cf_ctx *ctx, cf__mark m);
 
 /* An arena tensor whose data is not initialised (NaN-filled in poison mode): op outputs,
  * which their kernels overwrite entirely. */

@@ -222,7 +222,7 @@ cf_status cf_op_apply(cf_ctx *ctx, const cf_op_def *op, int n_in, cf_tensor *con
         fwd = op->fast[dt].forward;
         node->fast = true;
     }
-    const cf__scratch_mark mark = cf__scratch_get_mark(ctx);
+    const cf__mark mark = cf__scratch_get_mark(ctx);
     st = fwd(node);
     cf__scratch_release(ctx, mark);
     if (st != CF_OK || ctx->status != CF_OK) {

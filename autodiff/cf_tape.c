@@ -118,7 +118,7 @@ cf_status cf_backward_multi(cf_ctx *ctx, int n_roots, cf_tensor *const *roots,
         cf_kernel_fn bwd = n->op->backward;
         if (n->fast && n->op->fast[n->in[0]->dtype].backward)
             bwd = n->op->fast[n->in[0]->dtype].backward;
-        const cf__scratch_mark mark = cf__scratch_get_mark(ctx);
+        const cf__mark mark = cf__scratch_get_mark(ctx);
         cf_status st = bwd(n);
         cf__scratch_release(ctx, mark);
         if (st != CF_OK || ctx->status != CF_OK) {

@@ -201,10 +201,8 @@ void cf_ctx_free(cf_ctx *ctx)
 
 void cf_ctx_reset(cf_ctx *ctx)
 {
-    for (cf__block *b = ctx->first; b; b = b->next) b->used = 0;
-    ctx->cur = ctx->first;
-    ctx->used = 0;
-    cf__scratch_release(ctx, (cf__scratch_mark){0});
+    cf__arena_release(ctx, (cf__mark){0});
+    cf__scratch_release(ctx, (cf__mark){0});
     ctx->n_nodes = 0;
     ctx->consumed = 0;
     ctx->n_spare = 0;
@@ -374,21 +372,32 @@ void *cf_ctx_alloc(cf_ctx *ctx, size_t bytes, const char *what)
     return p;
 }
 
-cf__scratch_mark cf__arena_get_mark(const cf_ctx *ctx)
+/* Where a chain of blocks stands, and going back there: blocks after the current one are
+ * empty since the last reset (allocation only moves forward), so everything after the mark is
+ * what was allocated since. */
+static cf__mark chain_mark(cf__block *cur, size_t used)
 {
-    return (cf__scratch_mark){ctx->cur, ctx->cur ? ctx->cur->used : 0, ctx->used};
+    return (cf__mark){cur, cur ? cur->used : 0, used};
 }
 
-void cf__arena_release(cf_ctx *ctx, cf__scratch_mark m)
+static void chain_release(cf__block *first, cf__block **cur, size_t *used, cf__mark m)
 {
-    /* Blocks after the current one are empty since the last reset: allocation only moves
-     * forward, so everything after the mark is what was allocated since. */
-    cf__block *b = m.block ? m.block : ctx->first;
+    cf__block *b = m.block ? m.block : first;
     if (!b) return;
     b->used = m.block ? m.used : 0;
     for (b = b->next; b; b = b->next) b->used = 0;
-    ctx->cur = m.block ? m.block : ctx->first;
-    ctx->used = m.total;
+    *cur = m.block ? m.block : first;
+    *used = m.total;
+}
+
+cf__mark cf__arena_get_mark(const cf_ctx *ctx)
+{
+    return chain_mark(ctx->cur, ctx->used);
+}
+
+void cf__arena_release(cf_ctx *ctx, cf__mark m)
+{
+    chain_release(ctx->first, &ctx->cur, &ctx->used, m);
 }
 
 void *cf__scratch_alloc(cf_ctx *ctx, size_t bytes, const char *what)
@@ -399,20 +408,14 @@ void *cf__scratch_alloc(cf_ctx *ctx, size_t bytes, const char *what)
     return p;
 }
 
-cf__scratch_mark cf__scratch_get_mark(const cf_ctx *ctx)
+cf__mark cf__scratch_get_mark(const cf_ctx *ctx)
 {
-    return (cf__scratch_mark){ctx->scratch_cur, ctx->scratch_cur ? ctx->scratch_cur->used : 0,
-                              ctx->scratch_used};
+    return chain_mark(ctx->scratch_cur, ctx->scratch_used);
 }
 
-void cf__scratch_release(cf_ctx *ctx, cf__scratch_mark m)
+void cf__scratch_release(cf_ctx *ctx, cf__mark m)
 {
-    cf__block *b = m.block ? m.block : ctx->scratch_first;
-    if (!b) return;
-    b->used = m.block ? m.used : 0;
-    for (b = b->next; b; b = b->next) b->used = 0;
-    ctx->scratch_cur = m.block ? m.block : ctx->scratch_first;
-    ctx->scratch_used = m.total;
+    chain_release(ctx->scratch_first, &ctx->scratch_cur, &ctx->scratch_used, m);
 }
 
 /* Shape checks and the arena allocations shared by the tensor constructors; with_data false:

@@ -39,11 +39,14 @@ cf__reducer cf__set_reducer(cf__reducer r);
 cf_tensor *cf__actnorm_apply(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tensor *logs,
                              cf_tensor *initialized, bool relu);
 
+/* Images [b0, b0 + n) of t (batch first), as a view into its data (an arena header, no
+ * copy, not on the tape: for grad-free passes and for inputs). */
+cf_tensor *cf__batch_view(cf_ctx *ctx, const cf_tensor *t, int64_t b0, int64_t n);
 /* Channels [start, start + count) of x (B, H, W, C), on the tape. */
 cf_tensor *cf__channels(cf_ctx *ctx, cf_tensor *x, int64_t start, int64_t count);
 
 /* Glow's conv2d_zeros: (conv3x3_same(x, weight) + bias) * exp(3 logs), all zero-initialised;
- * computed as actnorm(conv(x), bias, 3 logs), which is the same expression in one node. */
+ * computed as one conv2d_actnorm node without ReLU, with 3 logs as its log-scale. */
 typedef struct cf__zero_conv {
     cf_tensor *weight, *bias, *logs;
 } cf__zero_conv;

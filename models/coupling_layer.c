@@ -91,18 +91,6 @@ static bool nets_initialized(const coupling_layer *l)
     return true;
 }
 
-/* Images [b0, b0 + n) of t, as a view into its data (arena header). */
-static cf_tensor *batch_view(cf_ctx *ctx, cf_tensor *t, int64_t b0, int64_t n)
-{
-    int64_t shape[CF_MAX_DIMS];
-    for (int d = 0; d < t->ndim; d++) shape[d] = t->shape[d];
-    shape[0] = n;
-    cf_tensor *v = cf__tensor_new_borrowed(ctx, t->dtype, t->ndim, shape);
-    const size_t per_image = (size_t)(t->numel / t->shape[0]) * cf_dtype_size(t->dtype);
-    if (v) v->data = (char *)t->data + (size_t)b0 * per_image;
-    return v;
-}
-
 /* Without a tape (sampling, rebuilding inputs), the networks run on groups of images whose
  * hidden activations (GROUP_FLOATS each) stay in cache from one convolution to the next, and
  * each group's arena memory is reused by the next group; with one (or before the actnorms'
@@ -129,9 +117,9 @@ static cf_status coupling_inverse(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     }
     for (int64_t b0 = 0; b0 < B; b0 += G) {
         const int64_t n = B - b0 < G ? B - b0 : G;
-        const cf__scratch_mark mark = cf__arena_get_mark(ctx);
-        cf_tensor *xg = G == B ? x : batch_view(ctx, x, b0, n);
-        cf_tensor *yg = G == B ? y : batch_view(ctx, y, b0, n);
+        const cf__mark mark = cf__arena_get_mark(ctx);
+        cf_tensor *xg = G == B ? x : cf__batch_view(ctx, x, b0, n);
+        cf_tensor *yg = G == B ? y : cf__batch_view(ctx, y, b0, n);
         if (!xg || !yg) return cf_ctx_status(ctx);
         for (int k = 0; k < l->n_nets; k++) {
             cf_tensor *h = net_apply(ctx, &l->nets[k], cf__channels(ctx, xg, 0, net_inputs(l, k)));

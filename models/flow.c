@@ -606,18 +606,15 @@ cf_status cf_flow_train_step(cf_flow *f, cf_ctx *ctx, const cf_tensor *x, int64_
     if (!x || x->ndim != 4 || x->shape[0] < 1)
         return cf_ctx_fail(ctx, CF_ERR_SHAPE, "cf_flow_train_step: x must be a (B, H, W, C) "
                            "batch of at least one image");
-    const int64_t B = x->shape[0], per = x->numel / B;
+    const int64_t B = x->shape[0];
     /* A flow not initialised yet initialises its actnorms from the whole batch, as one pass. */
     if (micro <= 0 || micro > B || !all_initialized(f)) micro = B;
     cf_params_zero_grad(f->ps);
     double total = 0;
     for (int64_t b0 = 0; b0 < B; b0 += micro) {
         const int64_t n = B - b0 < micro ? B - b0 : micro;
-        cf_tensor *xm = cf__tensor_new_borrowed(ctx, x->dtype, 4,
-                                                (int64_t[]){n, x->shape[1], x->shape[2],
-                                                            x->shape[3]});
+        cf_tensor *xm = cf__batch_view(ctx, x, b0, n);
         if (!xm) return cf_ctx_status(ctx);
-        xm->data = (char *)x->data + (size_t)(b0 * per) * cf_dtype_size(x->dtype);
         cf_tensor *bpd = cf_flow_bpd(f, ctx, xm);
         /* d(batch mean)/d(this micro-batch's mean) = n / B */
         cf_tensor *seed = cf_tensor_new(ctx, x->dtype, 0, NULL);

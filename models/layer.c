@@ -1,6 +1,7 @@
 /* layer.c: what every flow layer shares: the base struct, tensor registration, the running
  * log-det and log-density, actnorm's data-dependent initialisation (and the reducer that sums
  * its statistics over processes), Glow's zero-initialised convolution, and drawing latents. */
+#include "cf_autodiff_impl.h"
 #include "cf_models_impl.h"
 
 bool cf__layer_init(cf_layer *l, const cf_layer_vtable *vt, const char *name,
@@ -151,6 +152,17 @@ cf_tensor *cf__actnorm_apply(cf_ctx *ctx, cf_tensor *x, cf_tensor *bias, cf_tens
         cf_tensor_set(initialized, 0, 1.0);
     }
     return relu ? cf_actnorm_relu(ctx, x, bias, logs) : cf_actnorm(ctx, x, bias, logs);
+}
+
+cf_tensor *cf__batch_view(cf_ctx *ctx, const cf_tensor *t, int64_t b0, int64_t n)
+{
+    int64_t shape[CF_MAX_DIMS];
+    for (int d = 0; d < t->ndim; d++) shape[d] = t->shape[d];
+    shape[0] = n;
+    cf_tensor *v = cf__tensor_new_borrowed(ctx, t->dtype, t->ndim, shape);
+    const size_t per_image = (size_t)(t->numel / t->shape[0]) * cf_dtype_size(t->dtype);
+    if (v) v->data = (char *)t->data + (size_t)b0 * per_image;
+    return v;
 }
 
 cf_tensor *cf__channels(cf_ctx *ctx, cf_tensor *x, int64_t start, int64_t count)

@@ -6,10 +6,10 @@
  *
  * Steps run as `cincflow train` runs them by default: the batch of 64 in forward and backward
  * passes of 16 images per thread (cf_flow_train_step), the gradients added up; the _whole
- * cases take the 64 at once. train_paper_b64 keeps the whole tape when it fits in half of this machine's
- * memory, else it recomputes; _plain always keeps it and _recompute always recomputes each
- * flow step during backward (cf_flow_set_recompute), which is what keeps the paper model
- * under 3.5 GB.
+ * cases take the 64 at once. train_paper_b64 keeps the whole tape when `cincflow train`'s
+ * estimate of its activations fits in half of this machine's memory, else it recomputes;
+ * _plain always keeps it and _recompute always recomputes each flow step during backward
+ * (cf_flow_set_recompute), which is what keeps the paper model under 3.5 GB.
  * Peak resident memory is printed with each case (the process's, so far: run memory-sensitive
  * cases alone, with --filter).
  * Not run by the test suite.
@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "bench_impl.h"
+#include "cli.h"
 
 typedef struct model_case {
     const char *name;
@@ -88,20 +89,6 @@ static void report(const bench_opts *o, const char *name, const char *shape, dou
     fflush(stdout);
 }
 
-/* Bytes a plain (tape-keeping) training step of this model needs, roughly: about 4.5
- * activations of a coupling network's width per network and image (the 2 fused conv + actnorm
- * + ReLU outputs kept for backward, the gradients alive at once, scratch and the arena's
- * slack): the paper model's plain step measured an 18.8 GB arena at batch 64. */
-static double train_bytes(const cf_flow_config *c, int64_t batch)
-{
-    double acts = 0, H = (double)c->height, W = (double)c->width;
-    for (int l = 0; l < c->levels; l++) {
-        H /= 2, W /= 2;
-        acts += (double)c->depth * 3 * 4.5 * H * W * (double)c->hidden;
-    }
-    return acts * 4 * (double)batch;
-}
-
 static int run_train(const bench_opts *o, const model_case *c)
 {
     char shape[128];
@@ -109,7 +96,8 @@ static int run_train(const bench_opts *o, const model_case *c)
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
     const int64_t micro = c->micro < 0 ? CF_FLOW_MICRO_PER_THREAD * o->threads : c->micro;
     const int64_t pass = micro && micro < c->batch ? micro : c->batch;
-    double need = train_bytes(&c->cfg, pass), have = (double)pages * (double)page;
+    double need = cli_activation_bytes(&c->cfg, pass, false);
+    double have = (double)pages * (double)page;
     bool recompute = c->recompute >= 1 || (c->recompute < 0 && need > 0.5 * have);
     cf_flow *flow = cf_flow_new(&c->cfg, CF_F32);
     if (!flow) {
