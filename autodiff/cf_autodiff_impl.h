@@ -38,7 +38,16 @@ struct cf_ctx {
         size_t bytes;
     } *spare;
     int n_spare, cap_spare;
+    /* Gradients of tensors that live in [grad_from, grad_from + grad_bytes) (a parameter
+     * set's flat gradient buffer) go to the same offset in grad_to instead: threads that each
+     * back-propagate part of a batch through one model add into private buffers. */
+    char *grad_from, *grad_to;
+    size_t grad_bytes;
 };
+
+/* Sends the gradients of tensors whose ->grad lies in [from, from + bytes) to the same offset
+ * in `to` (NULL: no redirection). The ctx's backward then writes nothing under `from`. */
+void cf__ctx_redirect_grads(cf_ctx *ctx, void *from, void *to, size_t bytes);
 
 /* An activation gradient of `bytes` (uninitialised): the most recently released spare buffer
  * of that size if there is one (still warm in cache), else fresh arena memory. */

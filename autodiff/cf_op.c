@@ -285,7 +285,12 @@ static void *grad_buffer(cf_node *n, int i, bool *fresh)
     } else if (t->flags & CF_TENSOR_GRAD_UNSET) {
         *fresh = true;
     }
-    t->flags &= ~CF_TENSOR_GRAD_UNSET;
+    /* Written only when set: a parameter is shared by threads that each run their own tape. */
+    if (t->flags & CF_TENSOR_GRAD_UNSET) t->flags &= ~CF_TENSOR_GRAD_UNSET;
+    const cf_ctx *ctx = n->ctx;
+    if (ctx->grad_to && (char *)t->grad >= ctx->grad_from &&
+        (char *)t->grad < ctx->grad_from + ctx->grad_bytes)
+        return ctx->grad_to + ((char *)t->grad - ctx->grad_from);
     return t->grad;
 }
 

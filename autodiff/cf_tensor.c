@@ -210,6 +210,13 @@ void cf_ctx_reset(cf_ctx *ctx)
     ctx->error[0] = '\0';
 }
 
+void cf__ctx_redirect_grads(cf_ctx *ctx, void *from, void *to, size_t bytes)
+{
+    ctx->grad_from = to ? from : NULL;
+    ctx->grad_to = to;
+    ctx->grad_bytes = to ? bytes : 0;
+}
+
 bool cf_ctx_set_grad(cf_ctx *ctx, bool enabled)
 {
     bool old = ctx->grad_enabled;

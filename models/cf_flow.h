@@ -226,12 +226,22 @@ cf_tensor *cf_flow_bpd(cf_flow *flow, cf_ctx *ctx, cf_tensor *x);
  * faster (the default model: 64 images in 4 x 16, about 4% faster per image and a quarter of
  * the arena). A flow whose actnorms are not initialised yet takes the whole batch at once, so
  * they initialise from all of it. *loss is the batch's mean bits/dim (NaN when a micro-batch's
- * is not finite: skip the update then). Returns CF_OK, or the context's failure. */
+ * is not finite: skip the update then). Returns CF_OK, or the context's failure.
+ *
+ * With more than one OpenMP thread (omp_get_max_threads(), outside a parallel region) and
+ * without recomputation, the threads split the batch as processes would (data parallelism):
+ * each micro-batch is cut into one part per thread, each thread runs its parts' forward and
+ * backward on a context of its own (kept by the flow; ctx's arena limit is shared among
+ * them) with single-threaded kernels, and their gradients are added up in thread order. The
+ * result is deterministic for a given thread count and equals the one-thread result up to
+ * rounding; ctx's arena peak counts the threads' arenas. Ops called from it must be
+ * thread-safe (the built-in ones are), and the parameters are only read. */
 cf_status cf_flow_train_step(cf_flow *flow, cf_ctx *ctx, const cf_tensor *x, int64_t micro,
                              double *loss);
 /* A good micro-batch on this machine kind, per thread (what `cincflow train` uses): 16 images
  * of the default model per thread keep a thread's activations in its cache (one thread: 5%
- * faster than 64 at once; two threads: the same at 32 and at 64). */
+ * faster than 64 at once; two threads, each with its own 16: 5% faster than threads sharing
+ * each op). */
 #define CF_FLOW_MICRO_PER_THREAD 16
 /* bits/dim of each image, from log p(x) per image (no averaging). */
 cf_tensor *cf_flow_bpd_per_image(cf_flow *flow, cf_ctx *ctx, cf_tensor *logp);

@@ -449,6 +449,8 @@ static void train_step_of(cf_flow *f, const cf_tensor *x, int64_t micro, double 
  * it. */
 START_TEST(test_train_step_micro_batches)
 {
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1); /* the one-thread path (test_train_step_threads: the other) */
     for (int dt = 0; dt < CF_DTYPE_COUNT; dt++) {
         const double tol = dt == CF_F64 ? 1e-11 : 2e-5;
         cf_flow *f = small_flow(dt, CF_INVCONV_KIND_CINC, CF_COUPLING_KIND_QUAD);
@@ -489,6 +491,66 @@ START_TEST(test_train_step_micro_batches)
         cf_tensor_free(x);
         cf_flow_free(a);
         cf_flow_free(b);
+        cf_flow_free(f);
+    }
+    omp_set_num_threads(threads);
+}
+END_TEST
+
+/* Several threads splitting the batch (each its own tape, gradients added in thread order)
+ * give the one-thread loss and gradients up to rounding, the same bits on every run, and
+ * whatever number of parts each thread gets (7 images: 3 threads x parts of 2, the last of 1;
+ * 2 threads x 4 + 3; 5 threads x 1 with two idle); a thread's failure fails the step with
+ * its message and leaves the flow usable. */
+START_TEST(test_train_step_threads)
+{
+    const int threads = omp_get_max_threads();
+    for (int dt = 0; dt < CF_DTYPE_COUNT; dt++) {
+        const double tol = dt == CF_F64 ? 1e-11 : 2e-5;
+        cf_flow *f = small_flow(dt, CF_INVCONV_KIND_CINC, CF_COUPLING_KIND_QUAD);
+        perturb_flow(f, 0.05);
+        cf_tensor *x = cf_tensor_alloc(dt, 4, (int64_t[]){7, 8, 8, 1});
+        cf_rng rng;
+        cf_rng_seed(&rng, 32, 0);
+        cf_tensor_fill_uniform(x, &rng, -0.5, 0.5);
+        const size_t n = cf_params_flat_numel(cf_flow_params(f));
+        double *g0 = malloc(n * sizeof(double)), *g = malloc(n * sizeof(double)),
+               *again = malloc(n * sizeof(double)), loss0, loss, loss_again, scale;
+        size_t peak0, peak;
+        omp_set_num_threads(1);
+        train_step_of(f, x, 0, g0, &loss0, &peak0);
+        const struct { int threads; int64_t micro; } cases[] = {{3, 6}, {2, 0}, {5, 1}, {2, 7}};
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            omp_set_num_threads(cases[c].threads);
+            train_step_of(f, x, cases[c].micro, g, &loss, &peak);
+            double err = max_abs_diff(g, g0, n, &scale);
+            ck_assert_msg(err <= tol * scale, "%s, %d threads, micro %lld: gradients differ by "
+                          "%g (scale %g)", cf_dtype_name(dt), cases[c].threads,
+                          (long long)cases[c].micro, err, scale);
+            ck_assert_msg(fabs(loss - loss0) <= tol * fabs(loss0), "%s: loss %.12g, one "
+                          "thread %.12g", cf_dtype_name(dt), loss, loss0);
+            ck_assert_uint_gt(peak, 0); /* the threads' arenas are counted */
+            cf_buf_set(dt, cf_params_grad(cf_flow_params(f)), 0, 123.0); /* stale: zeroed */
+            train_step_of(f, x, cases[c].micro, again, &loss_again, &peak);
+            ck_assert(loss_again == loss);
+            ck_assert(memcmp(again, g, n * sizeof(double)) == 0);
+        }
+        /* An arena limit too small for a thread's part: the step fails naming the thread. */
+        omp_set_num_threads(2);
+        cf_flow_trim(f); /* the threads' contexts, with the memory they reserved */
+        cf_ctx *small = cf_ctx_new(4096);
+        ck_assert_int_ne(cf_flow_train_step(f, small, x, 0, &loss), CF_OK);
+        ck_assert_msg(strstr(cf_ctx_error(small), "training thread") &&
+                      strstr(cf_ctx_error(small), "arena"), "%s", cf_ctx_error(small));
+        ck_assert(isnan(loss));
+        cf_ctx_free(small);
+        train_step_of(f, x, 0, g, &loss, &peak);
+        ck_assert(max_abs_diff(g, g0, n, &scale) <= tol * scale);
+        omp_set_num_threads(threads);
+        free(g0);
+        free(g);
+        free(again);
+        cf_tensor_free(x);
         cf_flow_free(f);
     }
 }
@@ -720,6 +782,7 @@ static Suite *models_suite(void)
     tcase_add_test(models, test_model_fast_gradcheck);
     tcase_add_test(models, test_identity_model_closed_form);
     tcase_add_test(models, test_train_step_micro_batches);
+    tcase_add_test(models, test_train_step_threads);
     tcase_add_test(models, test_recompute_matches_plain);
     tcase_add_test(models, test_rebuild_inputs_matches_plain);
     tcase_add_test(models, test_thread_count_invariance);
