@@ -3,14 +3,17 @@
  *
  * libxsmm is column-major, so an NHWC row of Wo pixels with C channels is a (C x Wo) matrix
  * with leading dimension C, and an HWIO tap W[kh][kw] ([c][k] row-major) is a (K x C) matrix
- * with leading dimension K. The drivers pick one of five formulations by shape:
+ * with leading dimension K. The drivers pick one of six formulations by shape:
+ *   few (1 to 4 output channels from a multiple of 16 input channels, with AVX-512): written
+ *         by hand, no GEMM: the input channels on the vector lanes, blocks of output pixels
+ *         with their K sums each in registers, the input read in place (see fwd_few);
  *   rows (the default): Y_row (K x Wo) += sum_taps W_tap (K x C) * Xpad_row_shifted (C x Wo),
  *         one batch-reduce GEMM (byte offsets) per output row;
  *   col2im (K not a multiple of 16 and below 128, where a K-row GEMM would leave vector lanes
  *         idle): per image, col (T*K x H*W) = Wr (T*K x C) X (C x H*W), one GEMM on the
  *         unpadded input with m = T*K, then each output pixel adds up its taps' K-vectors;
- *   pix (2 to 4 output channels on long rows, where even col2im's m = T*K leaves most lanes
- *         idle): per image, the input transposed into a zero-padded channel-major scratch,
+ *   pix (2 to 4 output channels on long rows where few does not apply, where even col2im's
+ *         m = T*K leaves most lanes idle): per image, the input transposed into a zero-padded channel-major scratch,
  *         then Z (Ho*Wp x K) = sum_taps Xt shifted by the tap (Ho*Wp x C) * Wt_tap (C x K),
  *         one batch-reduce GEMM with the pixels on the vector lanes;
  *   im2col (few input channels, C < 16, or short rows, Wo < 16): the taps of an output pixel
@@ -541,6 +544,152 @@ static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, con
     return true;
 }
 
+#ifdef __AVX512F__
+/* Few output channels, direct form (written by hand: libxsmm's GEMMs put output channels or
+ * pixels on the vector lanes, and 1 to 4 output channels fill neither; see fwd_pix). The input
+ * channels go on the lanes (C a multiple of 16): a block of P output pixels of one row keeps
+ * P x K accumulators of 16 partial sums in registers, each tap and 16-channel slice loads the
+ * K weight vectors once and one input vector per pixel, read in place from x (NHWC: a pixel's
+ * channels are contiguous; taps in the padding read a zero vector, or are skipped when the
+ * whole input row is outside); the 16 partial sums are added at the end. Per block and
+ * slice, K + P loads feed K * P FMAs. */
+#define FEW_K 4
+#define FEW_P 8
+
+/* out[i] = the sum of v[i]'s 16 lanes, for i < n: a transposing reduction (pairs of vectors
+ * fold halves, then quarters, then pairs and single lanes of 128-bit lanes into each other),
+ * 45 shuffles and adds for 16 sums instead of 16 separate reductions of 8 steps each. */
+static inline __attribute__((always_inline)) void hsum16(float *out, __m512 *v, int n)
+{
+    for (int i = 0; i < 8; i++) /* v[i]: v[2i] in quarters 0-1, v[2i+1] in quarters 2-3 */
+        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++) /* quarter j of v[i]: original v[4i + j] */
+        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++) /* quarter j: v[8i + j] in lanes 0-1, v[8i + 4 + j] in 2-3 */
+        v[i] = _mm512_add_ps(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0xEE));
+    /* lane 4j + m: the sum of v[4m + j] */
+    const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88),
+                                   _mm512_shuffle_ps(v[0], v[1], 0xDD));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_mask_storeu_ps(out, (__mmask16)((1u << n) - 1), _mm512_permutexvar_ps(idx, r));
+}
+
+static inline __attribute__((always_inline)) void few_block(float *out, const float *const *src,
+                                                            const float *wt, int64_t C, int nt,
+                                                            const int P, const int K)
+{
+    __m512 acc[FEW_P][FEW_K];
+    for (int p = 0; p < P; p++)
+        for (int k = 0; k < K; k++) acc[p][k] = _mm512_setzero_ps();
+    for (int t = 0; t < nt; t++) {
+        const float *const *ps = src + t * FEW_P;
+        const float *wk = wt + (int64_t)t * K * C; /* this tap's [k][c] */
+        for (int64_t c = 0; c < C; c += 16) {
+            __m512 wv[FEW_K];
+            for (int k = 0; k < K; k++) wv[k] = _mm512_load_ps(wk + k * C + c);
+            for (int p = 0; p < P; p++) {
+                __m512 xv = _mm512_loadu_ps(ps[p] + c);
+                __asm__("" : "+v"(xv)); /* one load for the K FMAs, not one folded into each */
+                for (int k = 0; k < K; k++) acc[p][k] = _mm512_fmadd_ps(xv, wv[k], acc[p][k]);
+            }
+        }
+    }
+    /* out[p * K + k] = the sum of acc[p][k]'s lanes, 16 sums at a time */
+    for (int q0 = 0; q0 < P * K; q0 += 16) {
+        __m512 v[16];
+        for (int q = 0; q < 16; q++)
+            v[q] = q0 + q < P * K ? acc[(q0 + q) / K][(q0 + q) % K] : _mm512_setzero_ps();
+        const int left = P * K - q0;
+        hsum16(out + q0, v, left < 16 ? left : 16);
+    }
+}
+
+typedef void (*few_fn)(float *, const float *const *, const float *, int64_t, int);
+#define FEW_DEF(P, K)                                                                            \
+    static void few_##P##_##K(float *o, const float *const *s, const float *w, int64_t C, int n) \
+    {                                                                                            \
+        few_block(o, s, w, C, n, P, K);                                                          \
+    }
+#define FEW_DEF_P(P) FEW_DEF(P, 1) FEW_DEF(P, 2) FEW_DEF(P, 3) FEW_DEF(P, 4)
+FEW_DEF_P(1) FEW_DEF_P(2) FEW_DEF_P(3) FEW_DEF_P(4) FEW_DEF_P(5) FEW_DEF_P(6) FEW_DEF_P(7)
+FEW_DEF_P(8)
+#define FEW_ROW(P) {few_##P##_1, few_##P##_2, few_##P##_3, few_##P##_4}
+static const few_fn few_tab[FEW_P][FEW_K] = {FEW_ROW(1), FEW_ROW(2), FEW_ROW(3), FEW_ROW(4),
+                                             FEW_ROW(5), FEW_ROW(6), FEW_ROW(7), FEW_ROW(8)};
+
+/* Most pixels per block for K outputs: P * K accumulators, K weights and one input vector
+ * within the 32 vector registers. */
+static int few_pmax(int64_t K)
+{
+    return K <= 3 ? FEW_P : 6;
+}
+
+static bool few_ok(const cf__conv_geom *g)
+{
+    return g->K <= FEW_K && g->C % 16 == 0 && g->KH * g->KW <= 49;
+}
+
+static bool fwd_few(cf_node *n, float *y, const float *x, const float *w, const float *bias,
+                    const cf__conv_geom *g, bool acc, const cf__conv_epilogue *epi)
+{
+    const int64_t C = g->C, K = g->K, H = g->H, W = g->W, Wo = g->Wo, Ho = g->Ho;
+    const int64_t T = g->KH * g->KW;
+    /* Output rows in blocks of P pixels as even as the register budget allows. */
+    const int64_t pmax = few_pmax(K), nblk = (Wo + pmax - 1) / pmax, P = (Wo + nblk - 1) / nblk;
+    float *wt = cf_node_scratch(n, (size_t)(T * K * C + C) * sizeof(float));
+    if (!wt) return false;
+    for (int64_t t = 0; t < T; t++) /* wt[t][k][c] = W[t][c][k] */
+        cf__transpose_f32(wt + t * K * C, C, w + t * C * K, K, C, K, NULL);
+    float *zero = wt + T * K * C;
+    memset(zero, 0, (size_t)C * sizeof(float));
+#pragma omp parallel for schedule(static)
+    for (int64_t it = 0; it < g->B * Ho; it++) {
+        const int64_t b = it / Ho, i = it % Ho;
+        const float *xb = x + b * H * W * C;
+        float *yr = y + it * Wo * K;
+        const float *src[49 * FEW_P];
+        for (int64_t j0 = 0; j0 < Wo; j0 += P) {
+            const int64_t np = Wo - j0 < P ? Wo - j0 : P;
+            /* The taps whose input row is inside the image, with their pixels' addresses. */
+            int nv = 0;
+            int64_t first = -1;
+            for (int64_t kh = 0; kh < g->KH; kh++) {
+                const int64_t ih = i + kh - g->pt;
+                if (ih < 0 || ih >= H) continue;
+                if (first < 0) first = kh;
+                for (int64_t kw = 0; kw < g->KW; kw++, nv++) {
+                    /* pixels p read input column j0 + p + kw - pl: inside for [lo, hi) */
+                    const int64_t d = j0 + kw - g->pl;
+                    const int64_t lo = d < 0 ? (-d < np ? -d : np) : 0;
+                    const int64_t hi = W - d < np ? (W - d > lo ? W - d : lo) : np;
+                    const float **sp = src + nv * FEW_P;
+                    const float *row = xb + (ih * W + d) * C;
+                    for (int64_t p = 0; p < lo; p++) sp[p] = zero;
+                    for (int64_t p = lo; p < hi; p++) sp[p] = row + p * C;
+                    for (int64_t p = hi; p < np; p++) sp[p] = zero;
+                }
+            }
+            float out[FEW_P * FEW_K];
+            if (nv) /* the inside rows are consecutive, and so are their taps in wt */
+                few_tab[np - 1][K - 1](out, src, wt + first * g->KW * K * C, C, nv);
+            else
+                memset(out, 0, sizeof out);
+            float *yj = yr + j0 * K;
+            for (int64_t p = 0; p < np; p++)
+                for (int64_t k = 0; k < K; k++) {
+                    const float v = out[p * K + k] + (bias ? bias[k] : 0.0f);
+                    yj[p * K + k] = acc ? yj[p * K + k] + v : v;
+                }
+        }
+        finish_rows(yr, Wo, K, epi);
+    }
+    return true;
+}
+#endif
+
 /* The default: one batch-reduce GEMM over the taps per output row. */
 static bool fwd_rows(cf_node *n, float *y, const float *x, const float *w, const float *bias,
                      const cf__conv_geom *g, bool acc, const cf__conv_epilogue *epi)
@@ -586,6 +735,9 @@ bool cf__conv_forward_f32(cf_node *n, float *y, const float *x, const float *w, 
 {
     CF_ASSERT(!(acc && epi), "cf__conv_forward_f32: an epilogue needs a written output");
     if (g->B == 0) return true;
+#ifdef __AVX512F__
+    if (few_ok(g)) return fwd_few(n, y, x, w, bias, g, acc, epi);
+#endif
     if (pix_k(g)) return fwd_pix(n, y, x, w, bias, g, acc, epi);
     if (thin_k(g->K)) return fwd_col2im(n, y, x, w, bias, g, acc, epi);
     if (g->KH == 1 && g->KW == 1 && !g->pt && !g->pl && !g->pb && !g->pr)

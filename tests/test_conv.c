@@ -165,7 +165,8 @@ START_TEST(test_fast_conv_odd_shapes)
 END_TEST
 
 /* Shapes that take every formulation of the fast drivers (rows, col2im for output channels
- * that are not a multiple of 16, pix for 2 to 4 of them on long rows, im2col for few input
+ * that are not a multiple of 16, pix for 2 to 4 of them on long rows, few for 1 to 4 of them
+ * from a multiple of 16 inputs, im2col for few input
  * channels, 1x1 over pixel chunks, and their backward-weight forms), threaded over images and
  * over row blocks of one image, with partial pixel chunks and partial vectors. */
 START_TEST(test_fast_conv_larger_shapes)
@@ -192,6 +193,15 @@ START_TEST(test_fast_conv_larger_shapes)
     check_fast_conv(2, 7, 18, 20, 32, 3, 3, &odd, true, 25);  /* rows, uneven padding */
     check_fast_conv(2, 6, 17, 16, 16, 3, 3, &none, false, 26); /* rows, no padding */
     check_fast_conv(1, 2, 2, 16, 16, 3, 3, &same, true, 27);   /* every row cut short */
+    /* few: 1 to 4 outputs from a multiple of 16 inputs, blocks of pixels, taps in padding */
+    check_fast_conv(3, 14, 14, 128, 2, 3, 3, &same, true, 28);
+    check_fast_conv(2, 7, 7, 32, 4, 3, 3, &same, true, 29);     /* blocks of 4 + 3 */
+    check_fast_conv(2, 9, 17, 16, 1, 3, 3, &causal, false, 30); /* blocks of 6, 6, 5 */
+    check_fast_conv(2, 5, 19, 48, 3, 3, 3, &odd, true, 31);
+    check_fast_conv(1, 3, 2, 16, 2, 3, 3, &same, false, 32);    /* shorter than a block */
+    const cf_conv_attrs wide = {{2, 2, 2, 2}, CF_CONV_MASK_NONE};
+    check_fast_conv(2, 6, 9, 32, 3, 5, 5, &wide, true, 33);     /* 5x5 */
+    check_fast_conv(2, 6, 11, 2, 32, 3, 3, &same, true, 34);    /* backward-data by few */
     const cf_conv_attrs cinc = cf_conv_attrs_masked(CF_CONV_MASK_CINC);
     check_fast_conv(3, 8, 8, 12, 12, 3, 3, &cinc, true, 16);
 }
