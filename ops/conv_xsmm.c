@@ -756,16 +756,31 @@ static void reduce_partials(float *dw, float *db, const float *part, int nt, int
                             const cf__conv_geom *g, cf_conv_mask mask, bool transposed)
 {
     const int64_t C = g->C, K = g->K, T = g->KH * g->KW, WN = T * C * K;
+    if (!transposed && mask == CF_CONV_MASK_NONE) {
+        /* Same layout, every element kept: blocks of 64 that vectorise. */
 #pragma omp parallel for schedule(static) if (WN > CF__PAR_MIN)
-    for (int64_t tc = 0; tc < T * C; tc++) {
-        const int kh = (int)(tc / C / g->KW), kw = (int)(tc / C % g->KW);
-        const int64_t t = tc / C, c = tc % C;
-        for (int64_t k = 0; k < K; k++) {
-            const int64_t e = transposed ? (t * K + k) * C + c : tc * K + k;
-            float s = 0;
-            for (int i = 0; i < nt; i++) s += part[i * per + e];
-            if (mask == CF_CONV_MASK_NONE || cf_conv_mask_keeps(mask, kh, kw, c, k))
-                dw[tc * K + k] += s;
+        for (int64_t e0 = 0; e0 < WN; e0 += 64) {
+            const int64_t ne = WN - e0 < 64 ? WN - e0 : 64;
+            float s[64] = {0};
+            for (int i = 0; i < nt; i++) {
+                const float *restrict pi = part + i * per + e0;
+                for (int64_t e = 0; e < ne; e++) s[e] += pi[e];
+            }
+            float *restrict d = dw + e0;
+            for (int64_t e = 0; e < ne; e++) d[e] += s[e];
+        }
+    } else {
+#pragma omp parallel for schedule(static) if (WN > CF__PAR_MIN)
+        for (int64_t tc = 0; tc < T * C; tc++) {
+            const int kh = (int)(tc / C / g->KW), kw = (int)(tc / C % g->KW);
+            const int64_t t = tc / C, c = tc % C;
+            for (int64_t k = 0; k < K; k++) {
+                const int64_t e = transposed ? (t * K + k) * C + c : tc * K + k;
+                float s = 0;
+                for (int i = 0; i < nt; i++) s += part[i * per + e];
+                if (mask == CF_CONV_MASK_NONE || cf_conv_mask_keeps(mask, kh, kw, c, k))
+                    dw[tc * K + k] += s;
+            }
         }
     }
     if (db)
