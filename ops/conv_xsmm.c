@@ -75,9 +75,35 @@ static void start_rows(float *y, const float *bias, int64_t n, int64_t K, bool a
 }
 
 /* Applies the epilogue (if any) to n finished output rows of K channels. */
+#ifdef __AVX512F__
+/* finish_rows on 128 channels from k0 of n rows (stride K): the shifts and scales stay in 16
+ * registers over the rows, so each vector of output costs one load and one store. */
+static void finish_128(float *y, int64_t n, int64_t K, const float *sh, const float *sc,
+                       bool relu)
+{
+    __m512 a[8], m[8];
+    for (int j = 0; j < 8; j++) a[j] = _mm512_loadu_ps(sh + 16 * j), m[j] = _mm512_loadu_ps(sc + 16 * j);
+    const __m512 z = _mm512_setzero_ps();
+    for (int64_t p = 0; p < n; p++) {
+        float *r = y + p * K;
+        for (int j = 0; j < 8; j++) {
+            __m512 v = _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(r + 16 * j), a[j]), m[j]);
+            _mm512_storeu_ps(r + 16 * j, relu ? _mm512_max_ps(v, z) : v);
+        }
+    }
+}
+#endif
+
 static void finish_rows(float *y, int64_t n, int64_t K, const cf__conv_epilogue *epi)
 {
     if (!epi) return;
+#ifdef __AVX512F__
+    if (K % 128 == 0) {
+        for (int64_t k0 = 0; k0 < K; k0 += 128)
+            finish_128(y + k0, n, K, epi->shift + k0, epi->scale + k0, epi->relu);
+        return;
+    }
+#endif
     const float *restrict sh = epi->shift, *restrict sc = epi->scale;
     for (int64_t p = 0; p < n; p++) {
         float *restrict r = y + p * K;
@@ -577,15 +603,21 @@ static inline __attribute__((always_inline)) void hsum16(float *out, __m512 *v, 
     _mm512_mask_storeu_ps(out, (__mmask16)((1u << n) - 1), _mm512_permutexvar_ps(idx, r));
 }
 
-static inline __attribute__((always_inline)) void few_block(float *out, const float *const *src,
-                                                            const float *wt, int64_t C, int nt,
-                                                            const int P, const int K)
+static inline __attribute__((always_inline)) void few_block(float *out, const float *xb,
+                                                            const float *zero,
+                                                            const int32_t *offs, const float *wt,
+                                                            int64_t C, int nt, const int P,
+                                                            const int K)
 {
     __m512 acc[FEW_P][FEW_K];
     for (int p = 0; p < P; p++)
         for (int k = 0; k < K; k++) acc[p][k] = _mm512_setzero_ps();
     for (int t = 0; t < nt; t++) {
-        const float *const *ps = src + t * FEW_P;
+        const float *ps[FEW_P]; /* the tap's input pixels (zeros in the padding) */
+        for (int p = 0; p < P; p++) {
+            const int32_t o = offs[t * FEW_P + p];
+            ps[p] = o >= 0 ? xb + o : zero;
+        }
         const float *wk = wt + (int64_t)t * K * C; /* this tap's [k][c] */
         for (int64_t c = 0; c < C; c += 16) {
             __m512 wv[FEW_K];
@@ -607,11 +639,13 @@ static inline __attribute__((always_inline)) void few_block(float *out, const fl
     }
 }
 
-typedef void (*few_fn)(float *, const float *const *, const float *, int64_t, int);
-#define FEW_DEF(P, K)                                                                            \
-    static void few_##P##_##K(float *o, const float *const *s, const float *w, int64_t C, int n) \
-    {                                                                                            \
-        few_block(o, s, w, C, n, P, K);                                                          \
+typedef void (*few_fn)(float *, const float *, const float *, const int32_t *, const float *,
+                       int64_t, int);
+#define FEW_DEF(P, K)                                                                        \
+    static void few_##P##_##K(float *o, const float *xb, const float *z, const int32_t *offs, \
+                              const float *w, int64_t C, int n)                              \
+    {                                                                                        \
+        few_block(o, xb, z, offs, w, C, n, P, K);                                            \
     }
 #define FEW_DEF_P(P) FEW_DEF(P, 1) FEW_DEF(P, 2) FEW_DEF(P, 3) FEW_DEF(P, 4)
 FEW_DEF_P(1) FEW_DEF_P(2) FEW_DEF_P(3) FEW_DEF_P(4) FEW_DEF_P(5) FEW_DEF_P(6) FEW_DEF_P(7)
@@ -640,41 +674,45 @@ static bool fwd_few(cf_node *n, float *y, const float *x, const float *w, const 
     /* Output rows in blocks of P pixels as even as the register budget allows. */
     const int64_t pmax = few_pmax(K), nblk = (Wo + pmax - 1) / pmax, P = (Wo + nblk - 1) / nblk;
     float *wt = cf_node_scratch(n, (size_t)(T * K * C + C) * sizeof(float));
-    if (!wt) return false;
+    /* Per (output row, block), the same for every image: the taps whose input row is inside
+     * the image (consecutive: nv of them from tap row `first`), and for each tap and pixel the
+     * input pixel's offset in the image, or -1 in the padding. */
+    const int64_t nrb = Ho * nblk;
+    int32_t *offs = cf_node_scratch(n, (size_t)(nrb * T * FEW_P + 2 * nrb) * sizeof(int32_t));
+    if (!wt || !offs) return false;
+    int32_t *nvs = offs + nrb * T * FEW_P, *firsts = nvs + nrb;
     for (int64_t t = 0; t < T; t++) /* wt[t][k][c] = W[t][c][k] */
         cf__transpose_f32(wt + t * K * C, C, w + t * C * K, K, C, K, NULL);
     float *zero = wt + T * K * C;
     memset(zero, 0, (size_t)C * sizeof(float));
+    for (int64_t i = 0; i < Ho; i++)
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            const int64_t rb = i * nblk + blk, j0 = blk * P, np = Wo - j0 < P ? Wo - j0 : P;
+            int32_t *o = offs + rb * T * FEW_P, nv = 0, first = -1;
+            for (int64_t kh = 0; kh < g->KH; kh++) {
+                const int64_t ih = i + kh - g->pt;
+                if (ih < 0 || ih >= H) continue;
+                if (first < 0) first = (int32_t)kh;
+                for (int64_t kw = 0; kw < g->KW; kw++, nv++)
+                    for (int64_t p = 0; p < np; p++) {
+                        const int64_t iw = j0 + p + kw - g->pl;
+                        o[nv * FEW_P + p] = iw < 0 || iw >= W ? -1 : (int32_t)((ih * W + iw) * C);
+                    }
+            }
+            nvs[rb] = nv;
+            firsts[rb] = first;
+        }
 #pragma omp parallel for schedule(static)
     for (int64_t it = 0; it < g->B * Ho; it++) {
         const int64_t b = it / Ho, i = it % Ho;
         const float *xb = x + b * H * W * C;
         float *yr = y + it * Wo * K;
-        const float *src[49 * FEW_P];
-        for (int64_t j0 = 0; j0 < Wo; j0 += P) {
-            const int64_t np = Wo - j0 < P ? Wo - j0 : P;
-            /* The taps whose input row is inside the image, with their pixels' addresses. */
-            int nv = 0;
-            int64_t first = -1;
-            for (int64_t kh = 0; kh < g->KH; kh++) {
-                const int64_t ih = i + kh - g->pt;
-                if (ih < 0 || ih >= H) continue;
-                if (first < 0) first = kh;
-                for (int64_t kw = 0; kw < g->KW; kw++, nv++) {
-                    /* pixels p read input column j0 + p + kw - pl: inside for [lo, hi) */
-                    const int64_t d = j0 + kw - g->pl;
-                    const int64_t lo = d < 0 ? (-d < np ? -d : np) : 0;
-                    const int64_t hi = W - d < np ? (W - d > lo ? W - d : lo) : np;
-                    const float **sp = src + nv * FEW_P;
-                    const float *row = xb + (ih * W + d) * C;
-                    for (int64_t p = 0; p < lo; p++) sp[p] = zero;
-                    for (int64_t p = lo; p < hi; p++) sp[p] = row + p * C;
-                    for (int64_t p = hi; p < np; p++) sp[p] = zero;
-                }
-            }
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            const int64_t rb = i * nblk + blk, j0 = blk * P, np = Wo - j0 < P ? Wo - j0 : P;
             float out[FEW_P * FEW_K];
-            if (nv) /* the inside rows are consecutive, and so are their taps in wt */
-                few_tab[np - 1][K - 1](out, src, wt + first * g->KW * K * C, C, nv);
+            if (nvs[rb])
+                few_tab[np - 1][K - 1](out, xb, zero, offs + rb * T * FEW_P,
+                                       wt + firsts[rb] * g->KW * K * C, C, nvs[rb]);
             else
                 memset(out, 0, sizeof out);
             float *yj = yr + j0 * K;

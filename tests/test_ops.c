@@ -74,6 +74,40 @@ START_TEST(test_fast_kernels_on_large_inputs)
 }
 END_TEST
 
+/* conv2d_actnorm's fast epilogue (128 channels at a time in registers) and its few-output
+ * form, against the reference: 1x1 to 256 with ReLU, 3x3 to 128, 3x3 from 32 to 2. */
+START_TEST(test_conv_actnorm_epilogue_shapes)
+{
+    const cf_op_def *op = cf_op_find("conv2d_actnorm");
+    ck_assert_ptr_nonnull(op);
+    static const struct {
+        int64_t x[4], w[4];
+        int pad, relu;
+    } cases[] = {
+        {{2, 5, 6, 16}, {1, 1, 16, 256}, 0, 1},
+        {{1, 4, 5, 8}, {3, 3, 8, 128}, 1, 0},
+        {{2, 6, 7, 32}, {3, 3, 32, 2}, 1, 0},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        cf_op_case c;
+        ck_assert(cf_op_case_get(op, 0, &c));
+        for (int d = 0; d < 4; d++) c.shape[0][d] = cases[k].x[d], c.shape[1][d] = cases[k].w[d];
+        c.shape[2][0] = c.shape[3][0] = cases[k].w[3];
+        cf_conv_actnorm_attrs *a = (cf_conv_actnorm_attrs *)c.attrs;
+        for (int d = 0; d < 4; d++) a->pad[d] = cases[k].pad;
+        a->relu = cases[k].relu;
+        cf_tensor *in[CF_MAX_INPUTS];
+        ck_assert_int_eq(cf_op_case_inputs(&c, CF_F32, 300 + (uint64_t)k, in), CF_OK);
+        bool has_fast;
+        double err;
+        ck_assert_int_eq(cf_opcheck_fast(op, c.n_in, in, c.attrs, &has_fast, &err), CF_OK);
+        ck_assert(has_fast);
+        ck_assert_msg(err <= FAST_TOLERANCE, "case %zu: fast differs by %g", k, err);
+        for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
+    }
+}
+END_TEST
+
 /* ---- values ---------------------------------------------------------------------------- */
 
 static cf_tensor *vals(cf_ctx *ctx, cf_dtype dt, int ndim, const int64_t *shape, const double *v)
@@ -263,6 +297,7 @@ static Suite *ops_suite(void)
     tcase_add_loop_test(all, test_every_op_gradcheck, 0, CF_OP_BUILTIN_COUNT);
     tcase_add_loop_test(all, test_every_op_fast_matches_reference, 0, CF_OP_BUILTIN_COUNT);
     tcase_add_test(all, test_fast_kernels_on_large_inputs);
+    tcase_add_test(all, test_conv_actnorm_epilogue_shapes);
     suite_add_tcase(s, all);
     TCase *v = tcase_create("values");
     tcase_add_test(v, test_per_channel_bias_values);
