@@ -75,7 +75,8 @@ START_TEST(test_fast_kernels_on_large_inputs)
 END_TEST
 
 /* conv2d_actnorm's fast epilogue (128 channels at a time in registers) and its few-output
- * form, against the reference: 1x1 to 256 with ReLU, 3x3 to 128, 3x3 from 32 to 2. */
+ * form, against the reference: 1x1 to 256 with ReLU, 3x3 to 128, 3x3 from 32 to 2; and
+ * actnorm alone on 128 and 256 channels. */
 START_TEST(test_conv_actnorm_epilogue_shapes)
 {
     const cf_op_def *op = cf_op_find("conv2d_actnorm");
@@ -103,6 +104,25 @@ START_TEST(test_conv_actnorm_epilogue_shapes)
         ck_assert_int_eq(cf_opcheck_fast(op, c.n_in, in, c.attrs, &has_fast, &err), CF_OK);
         ck_assert(has_fast);
         ck_assert_msg(err <= FAST_TOLERANCE, "case %zu: fast differs by %g", k, err);
+        for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
+    }
+    /* actnorm on 128 and 256 channels, with and without ReLU */
+    const cf_op_def *an = cf_op_find("actnorm");
+    for (int k = 0; k < 2; k++) {
+        cf_op_case c;
+        ck_assert(cf_op_case_get(an, 0, &c));
+        const int64_t C = k ? 256 : 128;
+        c.ndim[0] = 2, c.shape[0][0] = 70, c.shape[0][1] = C;
+        c.shape[1][0] = c.shape[2][0] = C;
+        ((cf_actnorm_attrs *)c.attrs)->relu = k == 0;
+        cf_tensor *in[CF_MAX_INPUTS];
+        ck_assert_int_eq(cf_op_case_inputs(&c, CF_F32, 310 + (uint64_t)k, in), CF_OK);
+        bool has_fast;
+        double err;
+        ck_assert_int_eq(cf_opcheck_fast(an, c.n_in, in, c.attrs, &has_fast, &err), CF_OK);
+        ck_assert(has_fast);
+        ck_assert_msg(err <= FAST_TOLERANCE, "actnorm on %lld channels: fast differs by %g",
+                      (long long)C, err);
         for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
     }
 }
