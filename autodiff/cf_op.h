@@ -49,6 +49,9 @@ typedef struct cf_node {
     bool recording;                  /* false: forward only, saved buffers are not needed */
     bool fast;                       /* forward ran the fast kernel; backward uses the same */
     unsigned grad_written;           /* bit i: the backward produced input i's gradient */
+    unsigned grad_out_dead;          /* bit o: out[o]'s gradient is not needed after this
+                                      * backward (not a root, gradients not kept), so the
+                                      * backward may overwrite it (as scratch) */
     int index;                       /* position on the tape */
 } cf_node;
 

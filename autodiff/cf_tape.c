@@ -115,6 +115,13 @@ cf_status cf_backward_multi(cf_ctx *ctx, int n_roots, cf_tensor *const *roots,
             clear_unset(n->out[o]);
         }
         n->grad_written = 0;
+        n->grad_out_dead = 0;
+        if (!(flags & CF_BACKWARD_KEEP_GRADS))
+            for (int o = 0; o < n->n_out; o++) {
+                bool root = false;
+                for (int r = 0; r < n_roots; r++) root |= roots[r] == n->out[o];
+                if (!root) n->grad_out_dead |= 1u << o;
+            }
         cf_kernel_fn bwd = n->op->backward;
         if (n->fast && n->op->fast[n->in[0]->dtype].backward)
             bwd = n->op->fast[n->in[0]->dtype].backward;
@@ -136,15 +143,12 @@ cf_status cf_backward_multi(cf_ctx *ctx, int n_roots, cf_tensor *const *roots,
         }
         /* This node's output gradients are dead now (every consumer ran before it): their
          * buffers serve the gradients still to come. */
-        if (!(flags & CF_BACKWARD_KEEP_GRADS))
-            for (int o = 0; o < n->n_out; o++) {
-                cf_tensor *t = n->out[o];
-                bool root = false;
-                for (int r = 0; r < n_roots; r++) root |= roots[r] == t;
-                if (!t->grad || root) continue;
-                cf__grad_release(ctx, t->grad, (size_t)t->numel * cf_dtype_size(t->dtype));
-                t->grad = NULL;
-            }
+        for (int o = 0; o < n->n_out; o++) {
+            cf_tensor *t = n->out[o];
+            if (!t->grad || !(n->grad_out_dead & (1u << o))) continue;
+            cf__grad_release(ctx, t->grad, (size_t)t->numel * cf_dtype_size(t->dtype));
+            t->grad = NULL;
+        }
     }
     /* Outputs the pass did not reach keep zeros, as after a pass without the marks. */
     for (int k = 0; k < end; k++)

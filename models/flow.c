@@ -28,6 +28,7 @@ struct cf_flow {
     struct cf__worker {
         cf_ctx *ctx;
         void *grad;
+        size_t grad_bytes;
     } *workers;
     int n_workers;
 };
@@ -613,27 +614,36 @@ static bool all_initialized(const cf_flow *f)
  * the first, a private gradient buffer the size of the parameter set's. */
 static bool ensure_workers(cf_flow *f, cf_ctx *ctx, int nt)
 {
-    if (f->n_workers >= nt) return true;
-    struct cf__worker *w = realloc(f->workers, (size_t)nt * sizeof *w);
-    if (!w) {
-        cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: out of memory for %d training threads", nt);
-        return false;
-    }
-    f->workers = w;
-    const size_t bytes = cf_params_flat_numel(f->ps) * cf_dtype_size(cf_params_dtype(f->ps));
-    for (int i = f->n_workers; i < nt; i++) {
-        w[i].ctx = cf_ctx_new(0);
-        w[i].grad = NULL;
-        if (w[i].ctx && i > 0 && posix_memalign(&w[i].grad, 64, bytes ? bytes : 64) != 0)
-            w[i].grad = NULL;
-        if (!w[i].ctx || (i > 0 && !w[i].grad)) {
-            cf_ctx_free(w[i].ctx);
-            free(w[i].grad);
-            cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: out of memory for training thread %d "
-                        "(a context and %zu bytes of gradients)", i, bytes);
+    if (f->n_workers < nt) {
+        struct cf__worker *w = realloc(f->workers, (size_t)nt * sizeof *w);
+        if (!w) {
+            cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: out of memory for %d training threads", nt);
             return false;
         }
-        f->n_workers = i + 1;
+        f->workers = w;
+        for (; f->n_workers < nt; f->n_workers++) {
+            w[f->n_workers] = (struct cf__worker){cf_ctx_new(0), NULL, 0};
+            if (!w[f->n_workers].ctx) {
+                cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: out of memory for the context of "
+                            "training thread %d", f->n_workers);
+                return false;
+            }
+        }
+    }
+    /* Gradient buffers the size of the parameter set's (which may have grown since). */
+    const size_t bytes = cf_params_flat_numel(f->ps) * cf_dtype_size(cf_params_dtype(f->ps));
+    for (int i = 1; i < nt; i++) {
+        struct cf__worker *w = &f->workers[i];
+        if (w->grad_bytes >= bytes && w->grad) continue;
+        free(w->grad);
+        w->grad_bytes = 0;
+        if (posix_memalign(&w->grad, 64, bytes ? bytes : 64) != 0) {
+            w->grad = NULL;
+            cf_ctx_fail(ctx, CF_ERR_NOMEM, "flow: out of memory for the gradients of training "
+                        "thread %d (%zu bytes)", i, bytes);
+            return false;
+        }
+        w->grad_bytes = bytes;
     }
     return true;
 }

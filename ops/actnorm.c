@@ -96,30 +96,45 @@ static cf_status actnorm_fwd_f32(cf_node *n)
 }
 
 /* One row of the backward: dx += g' scale (dx = g' scale when set), sg += g', sgy += g' y, with
- * g' = g (masked by y > 0 with the ReLU). restrict and the branches outside the loops let it
- * vectorise. */
-static inline void rows_bwd(int64_t C, const float *restrict g, const float *restrict y,
-                            float *restrict dx, const float *restrict scale, float *restrict sg,
+ * g' = g (masked by y > 0 with the ReLU). With set, dx may be g itself (each element is read
+ * before it is written, and nothing carries from one element to the next: ivdep); the branches
+ * outside the loops let them vectorise. */
+static inline void rows_bwd(int64_t C, const float *g, const float *restrict y, float *dx,
+                            const float *restrict scale, float *restrict sg,
                             float *restrict sgy, bool relu, bool set)
 {
-    if (relu) {
+    if (relu && dx && set) {
+#pragma GCC ivdep
+        for (int64_t c = 0; c < C; c++) {
+            const float ge = y[c] > 0.0f ? g[c] : 0.0f;
+            sg[c] += ge;
+            sgy[c] += ge * y[c];
+            dx[c] = ge * scale[c];
+        }
+    } else if (!relu && dx && set) {
+#pragma GCC ivdep
+        for (int64_t c = 0; c < C; c++) {
+            const float ge = g[c];
+            sg[c] += ge;
+            sgy[c] += ge * y[c];
+            dx[c] = ge * scale[c];
+        }
+    } else if (relu) {
         for (int64_t c = 0; c < C; c++) {
             float ge = y[c] > 0.0f ? g[c] : 0.0f;
             sg[c] += ge;
             sgy[c] += ge * y[c];
         }
-        if (dx && set)
-            for (int64_t c = 0; c < C; c++) dx[c] = (y[c] > 0.0f ? g[c] : 0.0f) * scale[c];
-        else if (dx)
+        if (dx)
+#pragma GCC ivdep
             for (int64_t c = 0; c < C; c++) dx[c] += (y[c] > 0.0f ? g[c] : 0.0f) * scale[c];
     } else {
         for (int64_t c = 0; c < C; c++) {
             sg[c] += g[c];
             sgy[c] += g[c] * y[c];
         }
-        if (dx && set)
-            for (int64_t c = 0; c < C; c++) dx[c] = g[c] * scale[c];
-        else if (dx)
+        if (dx)
+#pragma GCC ivdep
             for (int64_t c = 0; c < C; c++) dx[c] += g[c] * scale[c];
     }
 }

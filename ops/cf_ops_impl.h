@@ -42,8 +42,8 @@ static inline int64_t cf__bc_b(const cf__bcast *bc, int64_t i0, int64_t i1, int6
 
 /* Actnorm's fast backward over P rows of C channels (actnorm.c), shared with the fused
  * convolution + actnorm (conv_actnorm.c): from g = dy and the output y, dx (written when set,
- * else added into; NULL: none) and db, dl (added into; NULL: none). False when scratch could
- * not be had (the context holds the failure). */
+ * else added into; NULL: none; with set it may be g itself) and db, dl (added into; NULL:
+ * none). False when scratch could not be had (the context holds the failure). */
 bool cf__actnorm_backward_f32(cf_node *n, const float *g, const float *y, const float *logs,
                               int64_t P, int64_t C, bool relu, float *dx, bool set, float *db,
                               float *dl);

@@ -158,7 +158,10 @@ static cf_status conv_actnorm_bwd_f32(cf_node *n)
     bool dx_fresh;
     float *dx = cf_node_grad_in_ex(n, 0, &dx_fresh), *dw = cf_node_grad_in(n, 1);
     float *db = cf_node_grad_in(n, 2), *dl = cf_node_grad_in(n, 3);
-    float *dpre = cf_node_scratch(n, (size_t)y->numel * sizeof(float));
+    /* dpre goes over the output's gradient when the tape has no further use for it (its
+     * lines are in cache from the read), else to scratch. */
+    float *dpre = n->grad_out_dead & 1u ? y->grad
+                                        : cf_node_scratch(n, (size_t)y->numel * sizeof(float));
     if (!dpre) return cf_ctx_status(n->ctx);
     /* dpre = g e written, dbias and dlogs added: actnorm's backward with dpre as its dx. */
     if (!cf__actnorm_backward_f32(n, y->grad, y->data, n->in[3]->data, g.B * g.Ho * g.Wo, g.K,

@@ -128,6 +128,50 @@ START_TEST(test_conv_actnorm_epilogue_shapes)
 }
 END_TEST
 
+/* A fast backward may overwrite its output's gradient when nothing needs it afterwards (the
+ * fused conv + actnorm does, for its pre-activation gradient): with CF_BACKWARD_KEEP_GRADS the
+ * output keeps its gradient and the input gradients are the same bits either way. */
+START_TEST(test_backward_keeps_output_gradient_when_asked)
+{
+    cf_rng rng;
+    cf_rng_seed(&rng, 5, 0);
+    cf_tensor *x = cf_tensor_alloc(CF_F32, 4, (int64_t[]){2, 3, 4, 16});
+    cf_tensor *w = cf_tensor_alloc(CF_F32, 4, (int64_t[]){1, 1, 16, 128});
+    cf_tensor *b = cf_tensor_alloc(CF_F32, 1, (int64_t[]){128});
+    cf_tensor *l = cf_tensor_alloc(CF_F32, 1, (int64_t[]){128});
+    cf_tensor_fill_uniform(x, &rng, -1, 1);
+    cf_tensor_fill_uniform(w, &rng, -0.3, 0.3);
+    cf_tensor_fill_uniform(b, &rng, -0.2, 0.2);
+    cf_tensor_fill_uniform(l, &rng, -0.2, 0.2);
+    float *dx[2];
+    for (int keep = 0; keep < 2; keep++) {
+        cf_ctx *ctx = cf_ctx_new(0);
+        ck_assert_int_eq(cf_tensor_requires_grad(ctx, x), CF_OK);
+        memset(x->grad, 0, (size_t)x->numel * sizeof(float));
+        cf_tensor *y = cf_conv2d_actnorm(ctx, x, w, b, l, true);
+        cf_tensor *loss = cf_mean_all(ctx, cf_scale(ctx, y, 2.0));
+        ck_assert_msg(loss, "%s", cf_ctx_error(ctx));
+        ck_assert_int_eq(cf_backward_ex(ctx, loss, NULL, keep ? CF_BACKWARD_KEEP_GRADS : 0),
+                         CF_OK);
+        if (keep) {
+            ck_assert_ptr_nonnull(y->grad);
+            const float want = (float)(2.0 / (double)y->numel);
+            for (int64_t i = 0; i < y->numel; i++)
+                ck_assert_float_eq(((const float *)y->grad)[i], want);
+        } else {
+            ck_assert_ptr_null(y->grad); /* given back for reuse */
+        }
+        dx[keep] = malloc((size_t)x->numel * sizeof(float));
+        memcpy(dx[keep], x->grad, (size_t)x->numel * sizeof(float));
+        cf_ctx_free(ctx);
+    }
+    ck_assert(memcmp(dx[0], dx[1], (size_t)x->numel * sizeof(float)) == 0);
+    free(dx[0]);
+    free(dx[1]);
+    cf_tensor_free(x), cf_tensor_free(w), cf_tensor_free(b), cf_tensor_free(l);
+}
+END_TEST
+
 /* ---- values ---------------------------------------------------------------------------- */
 
 static cf_tensor *vals(cf_ctx *ctx, cf_dtype dt, int ndim, const int64_t *shape, const double *v)
@@ -318,6 +362,7 @@ static Suite *ops_suite(void)
     tcase_add_loop_test(all, test_every_op_fast_matches_reference, 0, CF_OP_BUILTIN_COUNT);
     tcase_add_test(all, test_fast_kernels_on_large_inputs);
     tcase_add_test(all, test_conv_actnorm_epilogue_shapes);
+    tcase_add_test(all, test_backward_keeps_output_gradient_when_asked);
     suite_add_tcase(s, all);
     TCase *v = tcase_create("values");
     tcase_add_test(v, test_per_channel_bias_values);
