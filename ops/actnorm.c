@@ -103,18 +103,10 @@ static inline void rows_bwd(int64_t C, const float *g, const float *restrict y, 
                             const float *restrict scale, float *restrict sg,
                             float *restrict sgy, bool relu, bool set)
 {
-    if (relu && dx && set) {
+    if (dx && set) {
 #pragma GCC ivdep
         for (int64_t c = 0; c < C; c++) {
-            const float ge = y[c] > 0.0f ? g[c] : 0.0f;
-            sg[c] += ge;
-            sgy[c] += ge * y[c];
-            dx[c] = ge * scale[c];
-        }
-    } else if (!relu && dx && set) {
-#pragma GCC ivdep
-        for (int64_t c = 0; c < C; c++) {
-            const float ge = g[c];
+            const float ge = !relu || y[c] > 0.0f ? g[c] : 0.0f;
             sg[c] += ge;
             sgy[c] += ge * y[c];
             dx[c] = ge * scale[c];

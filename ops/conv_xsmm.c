@@ -13,9 +13,9 @@
  *         idle): per image, col (T*K x H*W) = Wr (T*K x C) X (C x H*W), one GEMM on the
  *         unpadded input with m = T*K, then each output pixel adds up its taps' K-vectors;
  *   pix (2 to 4 output channels on long rows where few does not apply, where even col2im's
- *         m = T*K leaves most lanes idle): per image, the input transposed into a zero-padded channel-major scratch,
- *         then Z (Ho*Wp x K) = sum_taps Xt shifted by the tap (Ho*Wp x C) * Wt_tap (C x K),
- *         one batch-reduce GEMM with the pixels on the vector lanes;
+ *         m = T*K leaves most lanes idle): per image, the input transposed into a zero-padded
+ *         channel-major scratch, then Z (Ho*Wp x K) = sum_taps Xt shifted by the tap
+ *         (Ho*Wp x C) * Wt_tap (C x K), one batch-reduce GEMM with the pixels on the lanes;
  *   im2col (few input channels, C < 16, or short rows, Wo < 16): the taps of an output pixel
  *         gathered into a column of T*C, then one GEMM with k = T*C instead of T batch entries
  *         of k = C, over an output row, or over a group of whole small images (about 64
@@ -74,7 +74,6 @@ static void start_rows(float *y, const float *bias, int64_t n, int64_t K, bool a
     }
 }
 
-/* Applies the epilogue (if any) to n finished output rows of K channels. */
 #ifdef __AVX512F__
 /* finish_rows on 128 channels from k0 of n rows (stride K): the shifts and scales stay in 16
  * registers over the rows, so each vector of output costs one load and one store. */
@@ -82,7 +81,10 @@ static void finish_128(float *y, int64_t n, int64_t K, const float *sh, const fl
                        bool relu)
 {
     __m512 a[8], m[8];
-    for (int j = 0; j < 8; j++) a[j] = _mm512_loadu_ps(sh + 16 * j), m[j] = _mm512_loadu_ps(sc + 16 * j);
+    for (int j = 0; j < 8; j++) {
+        a[j] = _mm512_loadu_ps(sh + 16 * j);
+        m[j] = _mm512_loadu_ps(sc + 16 * j);
+    }
     const __m512 z = _mm512_setzero_ps();
     for (int64_t p = 0; p < n; p++) {
         float *r = y + p * K;
@@ -94,6 +96,7 @@ static void finish_128(float *y, int64_t n, int64_t K, const float *sh, const fl
 }
 #endif
 
+/* Applies the epilogue (if any) to n finished output rows of K channels. */
 static void finish_rows(float *y, int64_t n, int64_t K, const cf__conv_epilogue *epi)
 {
     if (!epi) return;
@@ -606,13 +609,13 @@ static inline __attribute__((always_inline)) void hsum16(float *out, __m512 *v, 
 static inline __attribute__((always_inline)) void few_block(float *out, const float *xb,
                                                             const float *zero,
                                                             const int32_t *offs, const float *wt,
-                                                            int64_t C, int nt, const int P,
+                                                            int64_t C, int ntaps, const int P,
                                                             const int K)
 {
     __m512 acc[FEW_P][FEW_K];
     for (int p = 0; p < P; p++)
         for (int k = 0; k < K; k++) acc[p][k] = _mm512_setzero_ps();
-    for (int t = 0; t < nt; t++) {
+    for (int t = 0; t < ntaps; t++) {
         const float *ps[FEW_P]; /* the tap's input pixels (zeros in the padding) */
         for (int p = 0; p < P; p++) {
             const int32_t o = offs[t * FEW_P + p];
@@ -857,10 +860,10 @@ bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float 
     /* Every form: C (m x n) += A (m x k) * B^T with B stored (n x k). */
     cf__xsmm_key key = {.kind = CF__XSMM_BR_OFFS, .beta = 1, .trans_b = 1};
     switch (form) {
-    case BW_ROWS: /* dW_t (K x C) += dY_row (K x Wo) * S_row^T, rows by offsets */
+    case BW_ROWS: /* dW_t (K x C) += dY_row (K x Wo) * X_row^T, rows by offsets */
         key.m = (int)K, key.n = (int)C, key.k = (int)Wo, key.lda = (int)K, key.ldb = (int)C;
         break;
-    case BW_TRANSPOSED: /* dW_t^T (C x K) += S_row (C x Wo) * dY_row^T */
+    case BW_TRANSPOSED: /* dW_t^T (C x K) += X_row (C x Wo) * dY_row^T */
         key.m = (int)C, key.n = (int)K, key.k = (int)Wo, key.lda = (int)C, key.ldb = (int)K;
         break;
     case BW_IM2COL: /* dW (K x T*C) += dY_row (K x Wo) * col_row^T, rows contiguous */
@@ -876,7 +879,9 @@ bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float 
     }
     key.ldc = key.m;
     cf__xsmm_fn fn = {0}, fn_tail = {0}, fn_kw[7] = {{0}};
-    if ((form != BW_1X1 || full > 0) && !cf__xsmm_get(&key, &fn)) return false;
+    /* (the rows and transposed forms take one kernel per tap column, below) */
+    if ((form == BW_IM2COL || (form == BW_1X1 && full > 0)) && !cf__xsmm_get(&key, &fn))
+        return false;
     if (form == BW_1X1 && tail > 0) {
         key.k = (int)tail;
         if (!cf__xsmm_get(&key, &fn_tail)) return false;
@@ -895,7 +900,7 @@ bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float 
     }
 
     const int64_t per = line_up(WN + K);
-    const int64_t sper = form == BW_1X1 || in_place ? 0 : line_up(G * srows * Wp * C);
+    const int64_t sper = form == BW_IM2COL ? line_up(G * srows * Wp * C) : 0;
     const int64_t cper = form == BW_IM2COL ? line_up(G * rows * TC * Wo) : 0;
     const int64_t oper = G * rows; /* offsets per array */
     float *part = cf_node_scratch(n, (size_t)(per * nt) * sizeof(float));
@@ -938,58 +943,41 @@ bool cf__conv_backward_weight_f32(cf_node *n, float *dw, float *db, const float 
                 const int64_t gn = nrb > 1 ? 1 : (g->B - b0 < G ? g->B - b0 : G);
                 const int64_t r0 = nrb > 1 ? (it % nrb) * rows : 0;
                 const int64_t r1 = r0 + rows < Ho ? r0 + rows : Ho, nr = r1 - r0;
-                unsigned long long count = (unsigned long long)(gn * nr);
-                const float *dyb = dy + (b0 * Ho + r0) * Wo * K;
-                if (in_place) {
-                    for (int64_t t = 0; t < T; t++) {
-                        const int64_t kh = t / g->KW, kw = t % g->KW;
-                        if (kw_j1[kw] <= kw_j0[kw]) continue;
-                        unsigned long long cnt = 0;
-                        for (int64_t gi = 0; gi < gn; gi++)
-                            for (int64_t i = r0; i < r1; i++) {
-                                const int64_t ih = i + kh - g->pt, b = b0 + gi;
-                                if (ih < 0 || ih >= g->H) continue;
-                                s_offs[cnt] = (unsigned long long)(((b * g->H + ih) * g->W +
-                                                                    kw_j0[kw] + kw - g->pl) * C * fs);
-                                dy_offs[cnt] = (unsigned long long)(((b * Ho + i) * Wo + kw_j0[kw]) *
-                                                                    K * fs);
-                                cnt++;
-                            }
-                        if (cnt && form == BW_ROWS)
-                            fn_kw[kw].offs(dy, x, pw + t * C * K, &cnt, dy_offs, s_offs);
-                        else if (cnt)
-                            fn_kw[kw].offs(x, dy, pw + t * K * C, &cnt, s_offs, dy_offs);
-                    }
-                    if (db)
-                        for (int64_t p = 0; p < gn * nr * Wo; p++)
-                            for (int64_t k = 0; k < K; k++) pb[k] += dyb[p * K + k];
-                    continue;
-                }
-                for (int64_t gi = 0; gi < gn; gi++) {
-                    pad_rows(s + gi * srows * Wp * C, x + (b0 + gi) * g->H * g->W * C, g, r0, nr);
-                    for (int64_t r = 0; r < nr; r++) {
-                        dy_offs[gi * nr + r] = (unsigned long long)((gi * Ho + r) * Wo * K * fs);
-                        s_offs[gi * nr + r] = (unsigned long long)((gi * srows + r) * Wp * C * fs);
-                    }
-                }
-                if (form == BW_IM2COL) {
-                    for (int64_t gi = 0; gi < gn; gi++)
-                        for (int64_t r = 0; r < nr; r++)
-                            im2col_row(col + (gi * nr + r) * TC * Wo, s + gi * srows * Wp * C, g, r);
-                    fn.strd(dyb, col, pw, &count);
-                } else {
-                    for (int64_t t = 0; t < T; t++) {
-                        const float *st = s + ((t / g->KW) * Wp + t % g->KW) * C;
-                        if (form == BW_ROWS)
-                            fn.offs(dyb, st, pw + t * C * K, &count, dy_offs, s_offs);
-                        else
-                            fn.offs(st, dyb, pw + t * K * C, &count, s_offs, dy_offs);
-                    }
-                }
                 /* The item's dY is contiguous: one image's row block, or whole images. */
+                const float *dyb = dy + (b0 * Ho + r0) * Wo * K;
                 if (db)
                     for (int64_t p = 0; p < gn * nr * Wo; p++)
                         for (int64_t k = 0; k < K; k++) pb[k] += dyb[p * K + k];
+                if (form == BW_IM2COL) {
+                    for (int64_t gi = 0; gi < gn; gi++) {
+                        float *sg = s + gi * srows * Wp * C;
+                        pad_rows(sg, x + (b0 + gi) * g->H * g->W * C, g, r0, nr);
+                        for (int64_t r = 0; r < nr; r++)
+                            im2col_row(col + (gi * nr + r) * TC * Wo, sg, g, r);
+                    }
+                    unsigned long long count = (unsigned long long)(gn * nr);
+                    fn.strd(dyb, col, pw, &count);
+                    continue;
+                }
+                for (int64_t t = 0; t < T; t++) {
+                    const int64_t kh = t / g->KW, kw = t % g->KW;
+                    if (kw_j1[kw] <= kw_j0[kw]) continue;
+                    unsigned long long cnt = 0;
+                    for (int64_t gi = 0; gi < gn; gi++)
+                        for (int64_t i = r0; i < r1; i++) {
+                            const int64_t ih = i + kh - g->pt, b = b0 + gi;
+                            if (ih < 0 || ih >= g->H) continue;
+                            s_offs[cnt] = (unsigned long long)(((b * g->H + ih) * g->W +
+                                                                kw_j0[kw] + kw - g->pl) * C * fs);
+                            dy_offs[cnt] =
+                                (unsigned long long)(((b * Ho + i) * Wo + kw_j0[kw]) * K * fs);
+                            cnt++;
+                        }
+                    if (cnt && form == BW_ROWS)
+                        fn_kw[kw].offs(dy, x, pw + t * C * K, &cnt, dy_offs, s_offs);
+                    else if (cnt)
+                        fn_kw[kw].offs(x, dy, pw + t * K * C, &cnt, s_offs, dy_offs);
+                }
             }
         }
     }

@@ -190,24 +190,12 @@ static void update_chunk_f32(const hyper *h, float *restrict p, float *restrict 
         const double gscale = h->gscale;
         for (int64_t i = lo; i < hi; i++) g[i] = (float)(g[i] * gscale);
     }
-    if (h->kind == CF_OPTIM_KIND_ADAMAX) {
-        for (int64_t i = lo; i < hi; i++) {
-            double mi = m[i], vi = v[i];
-            p[i] = (float)update_one(h, p[i], g[i], &mi, &vi);
-            m[i] = (float)mi;
-            v[i] = (float)vi;
-        }
-        return;
-    }
-    /* Adam and AdamW: update_one's arithmetic with the constants hoisted, so it vectorises
-     * (the same operations in the same order: the same results). */
-    const double l2 = h->l2, b1 = h->b1, c1 = 1 - h->b1, b2 = h->b2, c2 = 1 - h->b2;
-    const double decay = h->decay, lr = h->step_size, bc2 = h->sqrt_bc2, eps = h->eps;
+    /* With the clipping pass apart and the constants in a local copy (nothing the loop writes
+     * can change them), update_one inlines into a loop that vectorises. */
+    const hyper hl = *h;
     for (int64_t i = lo; i < hi; i++) {
-        const double pi = p[i], gi = (double)g[i] + l2 * pi;
-        const double mi = b1 * (double)m[i] + c1 * gi;
-        const double vi = b2 * (double)v[i] + c2 * gi * gi;
-        p[i] = (float)(pi * decay - lr * mi / (sqrt(vi) / bc2 + eps));
+        double mi = m[i], vi = v[i];
+        p[i] = (float)update_one(&hl, p[i], g[i], &mi, &vi);
         m[i] = (float)mi;
         v[i] = (float)vi;
     }

@@ -94,21 +94,21 @@ static const cf_op_def op_zero = {.name = "test_zero", .n_inputs = 1, .n_outputs
 /* y = 3x through 1 MB of kernel scratch in both directions, remembering where it was. */
 static void *scratch_seen[8];
 static int n_scratch_seen;
-static cf_status scratchy_fwd(cf_node *n)
+static bool touch_scratch(cf_node *n)
 {
     float *s = cf_node_scratch(n, (size_t)1 << 20);
-    if (!s) return cf_ctx_status(n->ctx);
+    if (!s) return false;
     if (n_scratch_seen < 8) scratch_seen[n_scratch_seen++] = s;
     memset(s, 0x7f, (size_t)1 << 20);
-    return triple_fwd(n);
+    return true;
+}
+static cf_status scratchy_fwd(cf_node *n)
+{
+    return touch_scratch(n) ? triple_fwd(n) : cf_ctx_status(n->ctx);
 }
 static cf_status scratchy_bwd(cf_node *n)
 {
-    float *s = cf_node_scratch(n, (size_t)1 << 20);
-    if (!s) return cf_ctx_status(n->ctx);
-    if (n_scratch_seen < 8) scratch_seen[n_scratch_seen++] = s;
-    memset(s, 0x7f, (size_t)1 << 20);
-    return triple_bwd(n);
+    return touch_scratch(n) ? triple_bwd(n) : cf_ctx_status(n->ctx);
 }
 static const cf_op_def op_scratchy = {.name = "test_scratchy", .n_inputs = 1, .n_outputs = 1,
                                       .infer = same_shape_infer, .forward = scratchy_fwd,

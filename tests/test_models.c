@@ -429,6 +429,18 @@ static double max_abs_diff(const double *a, const double *ref, size_t n, double 
     return err;
 }
 
+/* A small perturbed CInC + quad flow and a batch of 7 8x8x1 images drawn with seed. */
+static cf_flow *perturbed_flow_and_batch(cf_dtype dt, uint64_t seed, cf_tensor **x)
+{
+    cf_flow *f = small_flow(dt, CF_INVCONV_KIND_CINC, CF_COUPLING_KIND_QUAD);
+    perturb_flow(f, 0.05);
+    *x = cf_tensor_alloc(dt, 4, (int64_t[]){7, 8, 8, 1});
+    cf_rng rng;
+    cf_rng_seed(&rng, seed, 0);
+    cf_tensor_fill_uniform(*x, &rng, -0.5, 0.5);
+    return f;
+}
+
 /* The gradients and loss of cf_flow_train_step on x, as doubles; the arena's peak. */
 static void train_step_of(cf_flow *f, const cf_tensor *x, int64_t micro, double *g, double *loss,
                           size_t *peak)
@@ -453,12 +465,8 @@ START_TEST(test_train_step_micro_batches)
     omp_set_num_threads(1); /* the one-thread path (test_train_step_threads: the other) */
     for (int dt = 0; dt < CF_DTYPE_COUNT; dt++) {
         const double tol = dt == CF_F64 ? 1e-11 : 2e-5;
-        cf_flow *f = small_flow(dt, CF_INVCONV_KIND_CINC, CF_COUPLING_KIND_QUAD);
-        perturb_flow(f, 0.05);
-        cf_tensor *x = cf_tensor_alloc(dt, 4, (int64_t[]){7, 8, 8, 1});
-        cf_rng rng;
-        cf_rng_seed(&rng, 31, 0);
-        cf_tensor_fill_uniform(x, &rng, -0.5, 0.5);
+        cf_tensor *x;
+        cf_flow *f = perturbed_flow_and_batch(dt, 31, &x);
         size_t n = cf_params_flat_numel(cf_flow_params(f)), peak[3];
         double *g[3], loss[3], scale;
         const int64_t micro[3] = {0, 3, 1};
@@ -507,12 +515,8 @@ START_TEST(test_train_step_threads)
     const int threads = omp_get_max_threads();
     for (int dt = 0; dt < CF_DTYPE_COUNT; dt++) {
         const double tol = dt == CF_F64 ? 1e-11 : 2e-5;
-        cf_flow *f = small_flow(dt, CF_INVCONV_KIND_CINC, CF_COUPLING_KIND_QUAD);
-        perturb_flow(f, 0.05);
-        cf_tensor *x = cf_tensor_alloc(dt, 4, (int64_t[]){7, 8, 8, 1});
-        cf_rng rng;
-        cf_rng_seed(&rng, 32, 0);
-        cf_tensor_fill_uniform(x, &rng, -0.5, 0.5);
+        cf_tensor *x;
+        cf_flow *f = perturbed_flow_and_batch(dt, 32, &x);
         const size_t n = cf_params_flat_numel(cf_flow_params(f));
         double *g0 = malloc(n * sizeof(double)), *g = malloc(n * sizeof(double)),
                *again = malloc(n * sizeof(double)), loss0, loss, loss_again, scale;

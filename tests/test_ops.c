@@ -4,6 +4,7 @@
  */
 #include <check.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,6 +50,21 @@ START_TEST(test_every_op_fast_matches_reference)
 }
 END_TEST
 
+/* An op's fast f32 kernels against its reference on case c's inputs (drawn with seed): the
+ * op has them, and they agree to FAST_TOLERANCE. */
+static void check_fast_on_case(const cf_op_def *op, const cf_op_case *c, uint64_t seed,
+                               const char *what)
+{
+    cf_tensor *in[CF_MAX_INPUTS];
+    ck_assert_int_eq(cf_op_case_inputs(c, CF_F32, seed, in), CF_OK);
+    bool has_fast;
+    double err;
+    ck_assert_int_eq(cf_opcheck_fast(op, c->n_in, in, c->attrs, &has_fast, &err), CF_OK);
+    ck_assert(has_fast);
+    ck_assert_msg(err <= FAST_TOLERANCE, "op '%s' %s: fast differs by %g", op->name, what, err);
+    for (int i = 0; i < c->n_in; i++) cf_tensor_free(in[i]);
+}
+
 /* Larger inputs take the OpenMP paths of the fast kernels. */
 START_TEST(test_fast_kernels_on_large_inputs)
 {
@@ -62,14 +78,7 @@ START_TEST(test_fast_kernels_on_large_inputs)
             c.ndim[i] = 4;
             c.shape[i][0] = 4, c.shape[i][1] = 32, c.shape[i][2] = 32, c.shape[i][3] = 16;
         }
-        cf_tensor *in[CF_MAX_INPUTS];
-        ck_assert_int_eq(cf_op_case_inputs(&c, CF_F32, 7, in), CF_OK);
-        bool has_fast;
-        double err;
-        ck_assert_int_eq(cf_opcheck_fast(op, c.n_in, in, c.attrs, &has_fast, &err), CF_OK);
-        ck_assert(has_fast);
-        ck_assert_msg(err <= FAST_TOLERANCE, "op '%s': fast differs by %g", op->name, err);
-        for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
+        check_fast_on_case(op, &c, 7, "on (4, 32, 32, 16)");
     }
 }
 END_TEST
@@ -97,14 +106,9 @@ START_TEST(test_conv_actnorm_epilogue_shapes)
         cf_conv_actnorm_attrs *a = (cf_conv_actnorm_attrs *)c.attrs;
         for (int d = 0; d < 4; d++) a->pad[d] = cases[k].pad;
         a->relu = cases[k].relu;
-        cf_tensor *in[CF_MAX_INPUTS];
-        ck_assert_int_eq(cf_op_case_inputs(&c, CF_F32, 300 + (uint64_t)k, in), CF_OK);
-        bool has_fast;
-        double err;
-        ck_assert_int_eq(cf_opcheck_fast(op, c.n_in, in, c.attrs, &has_fast, &err), CF_OK);
-        ck_assert(has_fast);
-        ck_assert_msg(err <= FAST_TOLERANCE, "case %zu: fast differs by %g", k, err);
-        for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
+        char what[32];
+        snprintf(what, sizeof what, "case %zu", k);
+        check_fast_on_case(op, &c, 300 + (uint64_t)k, what);
     }
     /* actnorm on 128 and 256 channels, with and without ReLU */
     const cf_op_def *an = cf_op_find("actnorm");
@@ -115,15 +119,7 @@ START_TEST(test_conv_actnorm_epilogue_shapes)
         c.ndim[0] = 2, c.shape[0][0] = 70, c.shape[0][1] = C;
         c.shape[1][0] = c.shape[2][0] = C;
         ((cf_actnorm_attrs *)c.attrs)->relu = k == 0;
-        cf_tensor *in[CF_MAX_INPUTS];
-        ck_assert_int_eq(cf_op_case_inputs(&c, CF_F32, 310 + (uint64_t)k, in), CF_OK);
-        bool has_fast;
-        double err;
-        ck_assert_int_eq(cf_opcheck_fast(an, c.n_in, in, c.attrs, &has_fast, &err), CF_OK);
-        ck_assert(has_fast);
-        ck_assert_msg(err <= FAST_TOLERANCE, "actnorm on %lld channels: fast differs by %g",
-                      (long long)C, err);
-        for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
+        check_fast_on_case(an, &c, 310 + (uint64_t)k, k ? "on 256 channels" : "on 128, ReLU");
     }
 }
 END_TEST
