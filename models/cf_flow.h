@@ -38,6 +38,7 @@
 #include <stdio.h>
 
 #include "cf_conv.h"
+#include "cf_layer.h"
 #include "cf_ops.h"
 #include "cf_params.h"
 #include "cf_rng.h"
@@ -45,53 +46,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#define CF_FLOW_MAX_LATENTS 16
-#define CF_LAYER_MAX_TENSORS 64
-#define CF_NAME_MAX 96
-
-/* What layers pass along. Forward fills logdet, logp and latents; inverse consumes latents. */
-typedef struct cf_flow_io {
-    cf_tensor *x;      /* (B, H, W, C): the current tensor */
-    cf_tensor *logdet; /* (B): sum of the layers' log|det dz/dx| so far (forward) */
-    cf_tensor *logp;   /* (B): log-density of the latents factored out so far (forward) */
-    int n_latents;
-    cf_tensor *latents[CF_FLOW_MAX_LATENTS]; /* forward: appended, in order of factoring out;
-                                              * inverse: taken from the end; when none is left a
-                                              * layer draws its latent from its prior */
-    double temperature; /* inverse: standard deviations of drawn latents are scaled by this */
-    cf_rng *rng;        /* inverse: draws latents; needed only when some are drawn */
-    int64_t batch;      /* inverse: images to draw when no tensor gives the batch size */
-} cf_flow_io;
-
-typedef struct cf_layer cf_layer;
-
-typedef struct cf_layer_vtable {
-    const char *kind; /* "actnorm", "cinc_conv", "quad_coupling", ... */
-    /* Forward on the tape: replaces io->x by the layer's output and adds to io->logdet
-     * (and io->logp, io->latents for priors). Failures are also the context's status. */
-    cf_status (*forward)(cf_layer *self, cf_ctx *ctx, cf_flow_io *io);
-    /* Inverse, with grad recording off: replaces io->x by the layer's input. */
-    cf_status (*inverse)(cf_layer *self, cf_ctx *ctx, cf_flow_io *io);
-    /* Forward floating-point operations for one image (a multiply-add counts 2). */
-    double (*flops)(const cf_layer *self);
-    /* Frees the layer (not its parameters, which the cf_params set owns). */
-    void (*free)(cf_layer *self);
-} cf_layer_vtable;
-
-/* The base every layer starts with. */
-struct cf_layer {
-    const cf_layer_vtable *vt;
-    char name[CF_NAME_MAX];       /* dotted prefix of its tensors' names */
-    int64_t in_shape[3];          /* (H, W, C) of one input image */
-    int64_t out_shape[3];         /* (H, W, C) of one output image */
-    int n_params, n_state;        /* the parameter and state walks: */
-    cf_tensor *params[CF_LAYER_MAX_TENSORS]; /* trainable tensors (borrowed from the set) */
-    cf_tensor *state[CF_LAYER_MAX_TENSORS];  /* saved, untrained tensors */
-    int n_convs;                  /* invertible convolutions applied (1x1, masked) */
-    bool factors_out;             /* touches io->latents and io->logp (split, prior) */
-    int64_t n_learnable;          /* learnable scalars (masked entries excluded) */
-};
 
 /* ---- the layers --------------------------------------------------------------------------
  * Each constructor registers the layer's tensors in ps under `name`, initialises them (rng),
@@ -133,10 +87,6 @@ cf_layer *cf_split_layer(cf_params *ps, const char *name, const int64_t shape[3]
  * shape, zero-initialised. Factors the whole tensor out as the last latent. */
 cf_layer *cf_prior_layer(cf_params *ps, const char *name, const int64_t shape[3]);
 
-/* Generic dispatch. */
-cf_status cf_layer_forward(cf_layer *layer, cf_ctx *ctx, cf_flow_io *io);
-cf_status cf_layer_inverse(cf_layer *layer, cf_ctx *ctx, cf_flow_io *io);
-void cf_layer_free(cf_layer *layer);
 
 /* ---- flows -------------------------------------------------------------------------------- */
 

@@ -1,4 +1,6 @@
-/* cf_models_impl.h: helpers shared by the flow layers (not installed). */
+/* cf_models_impl.h: helpers shared by the built-in flow layers (not installed): actnorm's
+ * data-dependent initialisation, Glow's zero-initialised convolution, batch views, drawing
+ * latents. The layer API itself (cf_layer.h) is public; built-in kinds use it as a user's do. */
 #ifndef CF_MODELS_IMPL_H
 #define CF_MODELS_IMPL_H
 
@@ -8,21 +10,6 @@
 #include <string.h>
 
 #include "cf_flow.h"
-
-/* Fills the base of a layer; returns false (with cf_last_error) if the name is too long. */
-bool cf__layer_init(cf_layer *l, const cf_layer_vtable *vt, const char *name,
-                    const int64_t in[3], const int64_t out[3]);
-/* Registers "<layer name>.<suffix>" as a trainable parameter of the layer; NULL on failure. */
-cf_tensor *cf__layer_param(cf_layer *l, cf_params *ps, const char *suffix, int ndim,
-                           const int64_t *shape);
-/* The same for a state tensor. */
-cf_tensor *cf__layer_state(cf_layer *l, cf_params *ps, const char *suffix, int ndim,
-                           const int64_t *shape);
-
-/* io->logdet += term (a scalar or (B)); creates io->logdet when NULL. */
-cf_status cf__add_logdet(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term);
-/* io->logp += term ((B)); creates io->logp when NULL. */
-cf_status cf__add_logp(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term);
 
 /* Actnorm with data-dependent initialisation: when *initialized is 0, sets bias = -mean and
  * logs = -log(std + 1e-6) per channel from x's values (over every axis but the channel), and
@@ -50,8 +37,8 @@ cf_tensor *cf__channels(cf_ctx *ctx, cf_tensor *x, int64_t start, int64_t count)
 typedef struct cf__zero_conv {
     cf_tensor *weight, *bias, *logs;
 } cf__zero_conv;
-bool cf__zero_conv_init(cf__zero_conv *z, cf_layer *l, cf_params *ps, const char *prefix,
-                        int64_t in_channels, int64_t out_channels);
+bool cf__zero_conv_init(cf__zero_conv *z, cf_layer *l, const cf_layer_args *a,
+                        const char *prefix, int64_t in_channels, int64_t out_channels);
 cf_tensor *cf__zero_conv_apply(cf_ctx *ctx, const cf__zero_conv *z, cf_tensor *x);
 
 /* FLOPs of a k x k "same" convolution on one H x W image from C to K channels. */

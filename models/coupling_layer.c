@@ -76,7 +76,7 @@ static cf_status coupling_forward(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     else
         cf_affine_coupling(ctx, x, h[0], &y, &ld);
     io->x = y;
-    return cf__add_logdet(ctx, io, ld);
+    return cf_flow_io_add_logdet(ctx, io, ld);
 }
 
 /* Images per group of the grad-free inverse (see there): about this many floats per thread in
@@ -146,77 +146,120 @@ static double coupling_flops(const cf_layer *self)
     return f;
 }
 
-static void coupling_free(cf_layer *self)
-{
-    free(self);
-}
-
 static const cf_layer_vtable affine_vt = {"affine_coupling", coupling_forward,
-                                          coupling_inverse, coupling_flops, coupling_free};
+                                          coupling_inverse, coupling_flops, NULL};
 static const cf_layer_vtable quad_vt = {"quad_coupling", coupling_forward, coupling_inverse,
-                                        coupling_flops, coupling_free};
+                                        coupling_flops, NULL};
 
-static bool net_init(coupling_layer *l, cf_params *ps, int k, int64_t cin, int64_t cout,
-                     int64_t hidden, cf_rng *rng)
+static bool net_init(coupling_layer *l, const cf_layer_args *a, int k, int64_t cin, int64_t cout,
+                     int64_t hidden)
 {
     coupling_net *n = &l->nets[k];
     cf_layer *b = &l->base;
     char p[64];
+    cf_init zero = cf_init_const(0), normal = cf_init_normal(0, 0.05);
     n->in_channels = cin, n->out_channels = cout, n->hidden = hidden;
-#define NET_PARAM(field, suffix, nd, ...)                                                      \
+#define NET_PARAM(field, suffix, init, nd, ...)                                                \
     snprintf(p, sizeof p, "nets.%d.%s", k, suffix);                                            \
-    if (!(n->field = cf__layer_param(b, ps, p, nd, (int64_t[]){__VA_ARGS__}))) return false;
+    if (!(n->field = cf_layer_param(b, a, p, nd, (int64_t[]){__VA_ARGS__}, init))) return false;
 #define NET_STATE(field, suffix)                                                               \
     snprintf(p, sizeof p, "nets.%d.%s", k, suffix);                                            \
-    if (!(n->field = cf__layer_state(b, ps, p, 0, NULL))) return false;
-    NET_PARAM(w1, "conv1.weight", 4, 3, 3, cin, hidden)
-    NET_PARAM(b1, "actnorm1.bias", 1, hidden)
-    NET_PARAM(s1, "actnorm1.logs", 1, hidden)
+    if (!(n->field = cf_layer_state(b, a, p, 0, NULL, zero))) return false;
+    NET_PARAM(w1, "conv1.weight", normal, 4, 3, 3, cin, hidden)
+    NET_PARAM(b1, "actnorm1.bias", zero, 1, hidden)
+    NET_PARAM(s1, "actnorm1.logs", zero, 1, hidden)
     NET_STATE(init1, "actnorm1.initialized")
-    NET_PARAM(w2, "conv2.weight", 4, 1, 1, hidden, hidden)
-    NET_PARAM(b2, "actnorm2.bias", 1, hidden)
-    NET_PARAM(s2, "actnorm2.logs", 1, hidden)
+    NET_PARAM(w2, "conv2.weight", normal, 4, 1, 1, hidden, hidden)
+    NET_PARAM(b2, "actnorm2.bias", zero, 1, hidden)
+    NET_PARAM(s2, "actnorm2.logs", zero, 1, hidden)
     NET_STATE(init2, "actnorm2.initialized")
 #undef NET_PARAM
 #undef NET_STATE
     snprintf(p, sizeof p, "nets.%d.out", k);
-    if (!cf__zero_conv_init(&n->out, b, ps, p, hidden, cout)) return false;
-    cf_tensor_fill_normal(n->w1, rng, 0, 0.05);
-    cf_tensor_fill_normal(n->w2, rng, 0, 0.05);
-    return true;
+    return cf__zero_conv_init(&n->out, b, a, p, hidden, cout);
 }
 
-cf_layer *cf_coupling_layer(cf_params *ps, const char *name, const int64_t shape[3],
-                            cf_coupling_kind kind, int64_t hidden, cf_rng *rng)
+static cf_layer *coupling_build(const cf_layer_args *a, cf_coupling_kind kind)
 {
-    int64_t C = shape[2];
+    int64_t C = a->in_shape[2], hidden = cf_hparams_int(a->hp, "hidden");
     bool quad = kind == CF_COUPLING_KIND_QUAD;
     if (quad ? (C < 4 || C % 4) : C < 2) {
         cf_set_error(CF_ERR_SHAPE, "%s: %s coupling needs %s, but the images have %lld "
-                     "channels", name, quad ? "quad" : "affine",
+                     "channels", a->name, quad ? "quad" : "affine",
                      quad ? "a channel count divisible by 4" : "at least 2 channels",
                      (long long)C);
         return NULL;
     }
-    if (hidden < 1) {
-        cf_set_error(CF_ERR_ARG, "%s: network width %lld (at least 1)", name, (long long)hidden);
-        return NULL;
-    }
-    coupling_layer *l = calloc(1, sizeof *l);
-    if (!l) {
-        cf_set_error(CF_ERR_NOMEM, "%s: out of memory", name);
-        return NULL;
-    }
+    coupling_layer *l = cf_layer_alloc(sizeof *l, quad ? &quad_vt : &affine_vt, a, a->in_shape);
+    if (!l) return NULL;
     l->kind = kind;
     l->n_nets = quad ? 3 : 1;
     l->block = quad ? C / 4 : C - C / 2;
     l->first = quad ? C / 4 : C / 2;
-    bool ok = cf__layer_init(&l->base, quad ? &quad_vt : &affine_vt, name, shape, shape);
-    for (int k = 0; ok && k < l->n_nets; k++)
-        ok = net_init(l, ps, k, net_inputs(l, k), 2 * l->block, hidden, rng);
-    if (!ok) {
-        free(l);
+    for (int k = 0; k < l->n_nets; k++)
+        if (!net_init(l, a, k, net_inputs(l, k), 2 * l->block, hidden))
+            return cf_layer_fail(&l->base);
+    return &l->base;
+}
+
+static cf_layer *quad_create(const cf_layer_args *a)
+{
+    return coupling_build(a, CF_COUPLING_KIND_QUAD);
+}
+
+static cf_layer *affine_create(const cf_layer_args *a)
+{
+    return coupling_build(a, CF_COUPLING_KIND_AFFINE);
+}
+
+static const cf_hparam_spec coupling_hparams[] = {
+    {"hidden", CF_HP_INT, .def = 128, .min = 1, .max = 65536,
+     .doc = "channels of the coupling networks' hidden layers"},
+};
+
+#define NET_CONVENTIONS                                                                        \
+    "each network nets.k: conv1 (3x3 same, HWIO) + actnorm1 + ReLU, conv2 (1x1) + actnorm2 + "  \
+    "ReLU, out = (conv3x3_same(h, out.weight) + out.bias) * exp(3 * out.logs); its 2n output "  \
+    "channels interleave shift and logit: t = h[..., 0::2], l = h[..., 1::2]; scale = "          \
+    "sigmoid(l + 2); actnorm here is y = (x + bias) * exp(logs)"
+
+const cf_layer_kind cf__kind_quad_coupling = {
+    .name = "quad_coupling",
+    .summary = "the CInC paper's quad coupling: four C/4 blocks, each after the first "
+               "transformed by a network of the blocks before it",
+    .conventions = "x = [x1, x2, x3, x4], channel blocks of C/4 in order; y1 = x1; "
+                   "y2 = (x2 + t1) * s1 with nets.0(x1); y3 = (x3 + t2) * s2 with nets.1([x1, x2]); "
+                   "y4 = (x4 + t3) * s3 with nets.2([x1, x2, x3]) (inputs are the x blocks, not "
+                   "the y ones); log|det| = sum log s; " NET_CONVENTIONS,
+    .hparams = coupling_hparams,
+    .n_hparams = 1,
+    .create = quad_create,
+    .role = "coupling",
+    .choice = "quad",
+};
+
+const cf_layer_kind cf__kind_affine_coupling = {
+    .name = "affine_coupling",
+    .summary = "Glow's affine coupling: the second half scaled and shifted by a network of the "
+               "first",
+    .conventions = "x = [xa, xb] with xa the first C/2 channels (rounded down); ya = xa; yb = "
+                   "(xb + t) * s with nets.0(xa); log|det| = sum log s; " NET_CONVENTIONS,
+    .hparams = coupling_hparams,
+    .n_hparams = 1,
+    .create = affine_create,
+    .role = "coupling",
+    .choice = "affine",
+};
+
+cf_layer *cf_coupling_layer(cf_params *ps, const char *name, const int64_t shape[3],
+                            cf_coupling_kind kind, int64_t hidden, cf_rng *rng)
+{
+    cf_hparams hp = {0};
+    if (hidden < 1) {
+        cf_set_error(CF_ERR_ARG, "%s: network width %lld (at least 1)", name, (long long)hidden);
         return NULL;
     }
-    return &l->base;
+    cf_hparams_set_int(&hp, "hidden", hidden);
+    return cf_layer_create(kind == CF_COUPLING_KIND_AFFINE ? "affine_coupling" : "quad_coupling",
+                           ps, name, shape, &hp, rng);
 }

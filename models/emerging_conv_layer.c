@@ -43,32 +43,25 @@ static void emerging_free(cf_layer *self)
 static const cf_layer_vtable emerging_vt = {"emerging_conv", emerging_forward, emerging_inverse,
                                             emerging_flops, emerging_free};
 
-cf_layer *cf_emerging_conv_layer(cf_params *ps, const char *name, const int64_t shape[3],
-                                 cf_rng *rng)
+static cf_layer *emerging_create(const cf_layer_args *a)
 {
-    emerging_layer *l = calloc(1, sizeof *l);
-    if (!l) {
-        cf_set_error(CF_ERR_NOMEM, "%s: out of memory", name);
-        return NULL;
-    }
-    if (!cf__layer_init(&l->base, &emerging_vt, name, shape, shape)) {
-        free(l);
-        return NULL;
-    }
+    emerging_layer *l = cf_layer_alloc(sizeof *l, &emerging_vt, a, a->in_shape);
+    if (!l) return NULL;
     char sub[CF_NAME_MAX + 16];
-    snprintf(sub, sizeof sub, "%s.1x1", name);
-    l->parts[0] = cf_invconv1x1_layer(ps, sub, shape, rng);
-    snprintf(sub, sizeof sub, "%s.causal", name);
-    l->parts[1] = l->parts[0] ? cf_masked_conv_layer(ps, sub, shape,
-                                                     CF_CONV_MASK_EMERGING_CAUSAL, rng) : NULL;
-    snprintf(sub, sizeof sub, "%s.anticausal", name);
-    l->parts[2] = l->parts[1] ? cf_masked_conv_layer(ps, sub, shape,
-                                                     CF_CONV_MASK_EMERGING_ANTICAUSAL, rng)
+    cf_hparams causal = {0}, anticausal = {0};
+    cf_hparams_set_string(&causal, "mask", "emerging_causal");
+    cf_hparams_set_string(&anticausal, "mask", "emerging_anticausal");
+    snprintf(sub, sizeof sub, "%s.1x1", a->name);
+    l->parts[0] = cf_layer_create("invconv1x1", a->ps, sub, a->in_shape, NULL, a->rng);
+    snprintf(sub, sizeof sub, "%s.causal", a->name);
+    l->parts[1] = l->parts[0] ? cf_layer_create("masked_conv", a->ps, sub, a->in_shape, &causal,
+                                                a->rng)
                               : NULL;
-    if (!l->parts[2]) {
-        emerging_free(&l->base);
-        return NULL;
-    }
+    snprintf(sub, sizeof sub, "%s.anticausal", a->name);
+    l->parts[2] = l->parts[1] ? cf_layer_create("masked_conv", a->ps, sub, a->in_shape,
+                                                &anticausal, a->rng)
+                              : NULL;
+    if (!l->parts[2]) return cf_layer_fail(&l->base);
     /* The walks list the parts' tensors. */
     for (int i = 0; i < 3; i++) {
         cf_layer *p = l->parts[i];
@@ -78,4 +71,22 @@ cf_layer *cf_emerging_conv_layer(cf_params *ps, const char *name, const int64_t 
         l->base.n_learnable += p->n_learnable;
     }
     return &l->base;
+}
+
+const cf_layer_kind cf__kind_emerging_conv = {
+    .name = "emerging_conv",
+    .summary = "emerging convolution (Hoogeboom et al. 2019): a 1x1, then masked 2x2 causal and "
+               "anti-causal convolutions",
+    .conventions = "forward applies <name>.1x1 (as invconv1x1), <name>.causal and "
+                   "<name>.anticausal (as masked_conv with masks emerging_causal and "
+                   "emerging_anticausal) in that order; log|det| is the sum of the three",
+    .create = emerging_create,
+    .role = "invconv",
+    .choice = "emerging",
+};
+
+cf_layer *cf_emerging_conv_layer(cf_params *ps, const char *name, const int64_t shape[3],
+                                 cf_rng *rng)
+{
+    return cf_layer_create("emerging_conv", ps, name, shape, NULL, rng);
 }

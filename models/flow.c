@@ -211,7 +211,7 @@ static cf_status run_segment(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, int first,
     if (cf_op_apply(ctx, slot >= 0 ? &segment_op_slot : &segment_op, 2, in, &a, out) != CF_OK)
         return cf_ctx_status(ctx);
     io->x = out[0];
-    return cf__add_logdet(ctx, io, out[1]);
+    return cf_flow_io_add_logdet(ctx, io, out[1]);
 }
 
 void cf_flow_set_rebuild_inputs(cf_flow *flow, bool on)

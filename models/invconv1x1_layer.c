@@ -33,7 +33,7 @@ static cf_status invconv_forward(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     invconv_layer *l = (invconv_layer *)self;
     io->x = cf_matmul(ctx, io->x, weight(l, ctx));
     double hw = (double)(self->in_shape[0] * self->in_shape[1]);
-    return cf__add_logdet(ctx, io, cf_scale(ctx, cf_sum_all(ctx, l->log_s), hw));
+    return cf_flow_io_add_logdet(ctx, io, cf_scale(ctx, cf_sum_all(ctx, l->log_s), hw));
 }
 
 /* Inverts the n x n matrix a (row-major, double) in place; false if singular. */
@@ -153,37 +153,49 @@ static void init_lu(invconv_layer *l, int64_t C, cf_rng *rng)
     free(perm);
 }
 
-cf_layer *cf_invconv1x1_layer(cf_params *ps, const char *name, const int64_t shape[3],
-                              cf_rng *rng)
+static cf_layer *invconv_create(const cf_layer_args *a)
 {
-    invconv_layer *l = calloc(1, sizeof *l);
-    if (!l) {
-        cf_set_error(CF_ERR_NOMEM, "%s: out of memory", name);
-        return NULL;
-    }
-    int64_t C = shape[2];
-    cf_dtype dt = cf_params_dtype(ps);
-    if (!cf__layer_init(&l->base, &invconv_vt, name, shape, shape) ||
-        !(l->lower = cf__layer_param(&l->base, ps, "lower", 2, (int64_t[]){C, C})) ||
-        !(l->upper = cf__layer_param(&l->base, ps, "upper", 2, (int64_t[]){C, C})) ||
-        !(l->log_s = cf__layer_param(&l->base, ps, "log_s", 1, &C)) ||
-        !(l->perm = cf__layer_state(&l->base, ps, "perm", 1, &C)) ||
-        !(l->sign = cf__layer_state(&l->base, ps, "sign", 1, &C)) ||
+    invconv_layer *l = cf_layer_alloc(sizeof *l, &invconv_vt, a, a->in_shape);
+    if (!l) return NULL;
+    int64_t C = a->in_shape[2];
+    cf_dtype dt = cf_params_dtype(a->ps);
+    cf_init custom = cf_init_custom();
+    if (!(l->lower = cf_layer_param(&l->base, a, "lower", 2, (int64_t[]){C, C}, custom)) ||
+        !(l->upper = cf_layer_param(&l->base, a, "upper", 2, (int64_t[]){C, C}, custom)) ||
+        !(l->log_s = cf_layer_param(&l->base, a, "log_s", 1, &C, custom)) ||
+        !(l->perm = cf_layer_state(&l->base, a, "perm", 1, &C, custom)) ||
+        !(l->sign = cf_layer_state(&l->base, a, "sign", 1, &C, custom)) ||
         !(l->lmask = cf_tensor_alloc(dt, 2, (int64_t[]){C, C})) ||
         !(l->umask = cf_tensor_alloc(dt, 2, (int64_t[]){C, C})) ||
         !(l->eye = cf_tensor_alloc(dt, 2, (int64_t[]){C, C})) ||
-        !(l->pmat = cf_tensor_alloc(dt, 2, (int64_t[]){C, C}))) {
-        invconv_free(&l->base);
-        return NULL;
-    }
+        !(l->pmat = cf_tensor_alloc(dt, 2, (int64_t[]){C, C})))
+        return cf_layer_fail(&l->base);
     for (int64_t r = 0; r < C; r++)
         for (int64_t k = 0; k < C; k++) {
             cf_tensor_set(l->lmask, r * C + k, k < r);
             cf_tensor_set(l->umask, r * C + k, k > r);
             cf_tensor_set(l->eye, r * C + k, k == r);
         }
-    init_lu(l, C, rng);
+    init_lu(l, C, a->rng);
     l->base.n_learnable = C * C; /* C(C-1)/2 in L, as many in U, C in log_s */
     l->base.n_convs = 1;
     return &l->base;
+}
+
+const cf_layer_kind cf__kind_invconv1x1 = {
+    .name = "invconv1x1",
+    .summary = "Glow's LU-parametrised invertible 1x1 convolution",
+    .conventions = "per pixel y = x W with x a row of C channels and W (C_in, C_out) = P (L + I) "
+                   "(U + diag(sign * exp(log_s))); L = lower with entries on and above the "
+                   "diagonal ignored, U = upper with entries on and below it ignored; P[i][j] = 1 "
+                   "where perm[i] == j (state); log|det| = H*W*sum(log_s)",
+    .create = invconv_create,
+    .role = "invconv",
+    .choice = "1x1",
+};
+
+cf_layer *cf_invconv1x1_layer(cf_params *ps, const char *name, const int64_t shape[3],
+                              cf_rng *rng)
+{
+    return cf_layer_create("invconv1x1", ps, name, shape, NULL, rng);
 }

@@ -1,49 +1,8 @@
-/* layer.c: what every flow layer shares: the base struct, tensor registration, the running
+/* layer.c: what the flow layers share beyond the public layer API (layer_api.c): the running
  * log-det and log-density, actnorm's data-dependent initialisation (and the reducer that sums
  * its statistics over processes), Glow's zero-initialised convolution, and drawing latents. */
 #include "cf_autodiff_impl.h"
 #include "cf_models_impl.h"
-
-bool cf__layer_init(cf_layer *l, const cf_layer_vtable *vt, const char *name,
-                    const int64_t in[3], const int64_t out[3])
-{
-    l->vt = vt;
-    if (!name || strlen(name) >= CF_NAME_MAX - 32) {
-        cf_set_error(CF_ERR_ARG, "layer name '%s' is empty or too long (at most %d characters)",
-                     name ? name : "", CF_NAME_MAX - 32);
-        return false;
-    }
-    snprintf(l->name, sizeof l->name, "%s", name);
-    for (int d = 0; d < 3; d++) l->in_shape[d] = in[d], l->out_shape[d] = out[d];
-    return true;
-}
-
-static cf_tensor *add_tensor(cf_layer *l, cf_params *ps, const char *suffix, int ndim,
-                             const int64_t *shape, bool trainable)
-{
-    char full[CF_NAME_MAX + 32];
-    snprintf(full, sizeof full, "%s.%s", l->name, suffix);
-    int *count = trainable ? &l->n_params : &l->n_state;
-    CF_ASSERT(*count < CF_LAYER_MAX_TENSORS, "layer '%s' has too many tensors", l->name);
-    cf_tensor *t = trainable ? cf_params_add(ps, full, ndim, shape)
-                             : cf_params_add_state(ps, full, ndim, shape);
-    if (!t) return NULL;
-    (trainable ? l->params : l->state)[(*count)++] = t;
-    if (trainable) l->n_learnable += t->numel;
-    return t;
-}
-
-cf_tensor *cf__layer_param(cf_layer *l, cf_params *ps, const char *suffix, int ndim,
-                           const int64_t *shape)
-{
-    return add_tensor(l, ps, suffix, ndim, shape, true);
-}
-
-cf_tensor *cf__layer_state(cf_layer *l, cf_params *ps, const char *suffix, int ndim,
-                           const int64_t *shape)
-{
-    return add_tensor(l, ps, suffix, ndim, shape, false);
-}
 
 static cf_status accumulate(cf_ctx *ctx, cf_tensor **acc, cf_tensor *term, int64_t batch)
 {
@@ -57,12 +16,12 @@ static cf_status accumulate(cf_ctx *ctx, cf_tensor **acc, cf_tensor *term, int64
     return cf_ctx_status(ctx);
 }
 
-cf_status cf__add_logdet(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term)
+cf_status cf_flow_io_add_logdet(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term)
 {
     return accumulate(ctx, &io->logdet, term, io->x ? io->x->shape[0] : io->batch);
 }
 
-cf_status cf__add_logp(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term)
+cf_status cf_flow_io_add_logp(cf_ctx *ctx, cf_flow_io *io, cf_tensor *term)
 {
     return accumulate(ctx, &io->logp, term, io->x ? io->x->shape[0] : io->batch);
 }
@@ -181,16 +140,17 @@ cf_tensor *cf__channels(cf_ctx *ctx, cf_tensor *x, int64_t start, int64_t count)
     return parts[want];
 }
 
-bool cf__zero_conv_init(cf__zero_conv *z, cf_layer *l, cf_params *ps, const char *prefix,
-                        int64_t in_channels, int64_t out_channels)
+bool cf__zero_conv_init(cf__zero_conv *z, cf_layer *l, const cf_layer_args *a,
+                        const char *prefix, int64_t in_channels, int64_t out_channels)
 {
     char name[64];
+    cf_init zero = cf_init_const(0);
     snprintf(name, sizeof name, "%s.weight", prefix);
-    z->weight = cf__layer_param(l, ps, name, 4, (int64_t[]){3, 3, in_channels, out_channels});
+    z->weight = cf_layer_param(l, a, name, 4, (int64_t[]){3, 3, in_channels, out_channels}, zero);
     snprintf(name, sizeof name, "%s.bias", prefix);
-    z->bias = z->weight ? cf__layer_param(l, ps, name, 1, (int64_t[]){out_channels}) : NULL;
+    z->bias = z->weight ? cf_layer_param(l, a, name, 1, (int64_t[]){out_channels}, zero) : NULL;
     snprintf(name, sizeof name, "%s.logs", prefix);
-    z->logs = z->bias ? cf__layer_param(l, ps, name, 1, (int64_t[]){out_channels}) : NULL;
+    z->logs = z->bias ? cf_layer_param(l, a, name, 1, (int64_t[]){out_channels}, zero) : NULL;
     return z->logs != NULL;
 }
 
@@ -210,24 +170,4 @@ void cf__draw_gaussian(cf_tensor *x, const cf_tensor *mean, const cf_tensor *log
         double m = cf_tensor_get(mean, k), s = exp(cf_tensor_get(logs, k));
         cf_tensor_set(x, i, m + T * s * cf_rng_normal(rng));
     }
-}
-
-cf_status cf_layer_forward(cf_layer *layer, cf_ctx *ctx, cf_flow_io *io)
-{
-    if (cf_ctx_status(ctx) != CF_OK) return cf_ctx_status(ctx);
-    return layer->vt->forward(layer, ctx, io);
-}
-
-cf_status cf_layer_inverse(cf_layer *layer, cf_ctx *ctx, cf_flow_io *io)
-{
-    if (cf_ctx_status(ctx) != CF_OK) return cf_ctx_status(ctx);
-    bool old = cf_ctx_set_grad(ctx, false);
-    cf_status st = layer->vt->inverse(layer, ctx, io);
-    cf_ctx_set_grad(ctx, old);
-    return st;
-}
-
-void cf_layer_free(cf_layer *layer)
-{
-    if (layer) layer->vt->free(layer);
 }

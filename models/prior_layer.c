@@ -15,7 +15,7 @@ static cf_status prior_forward(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     if (io->n_latents == CF_FLOW_MAX_LATENTS)
         return cf_ctx_fail(ctx, CF_ERR_ARG, "%s: more than %d latents", self->name,
                            CF_FLOW_MAX_LATENTS);
-    cf_status st = cf__add_logp(ctx, io, cf_gaussian_logp(ctx, io->x, l->mean, l->logs));
+    cf_status st = cf_flow_io_add_logp(ctx, io, cf_gaussian_logp(ctx, io->x, l->mean, l->logs));
     if (st == CF_OK) io->latents[io->n_latents++] = io->x;
     return st;
 }
@@ -47,28 +47,31 @@ static double prior_flops(const cf_layer *self)
     return 4.0 * (double)(self->in_shape[0] * self->in_shape[1] * self->in_shape[2]);
 }
 
-static void prior_free(cf_layer *self)
+static const cf_layer_vtable prior_vt = {"prior", prior_forward, prior_inverse, prior_flops,
+                                         NULL};
+
+static cf_layer *prior_create(const cf_layer_args *a)
 {
-    free(self);
+    prior_layer *l = cf_layer_alloc(sizeof *l, &prior_vt, a, a->in_shape);
+    if (!l) return NULL;
+    int64_t s4[4] = {1, a->in_shape[0], a->in_shape[1], a->in_shape[2]};
+    cf_init zero = cf_init_const(0);
+    if (!(l->mean = cf_layer_param(&l->base, a, "mean", 4, s4, zero)) ||
+        !(l->logs = cf_layer_param(&l->base, a, "logs", 4, s4, zero)))
+        return cf_layer_fail(&l->base);
+    l->base.factors_out = true;
+    return &l->base;
 }
 
-static const cf_layer_vtable prior_vt = {"prior", prior_forward, prior_inverse, prior_flops,
-                                         prior_free};
+const cf_layer_kind cf__kind_prior = {
+    .name = "prior",
+    .summary = "the top prior: factors the whole tensor out under N(mean, exp(logs))",
+    .conventions = "mean and logs are (1, H, W, C) NHWC: one learned mean and log-scale per "
+                   "position and channel, shared by every image",
+    .create = prior_create,
+};
 
 cf_layer *cf_prior_layer(cf_params *ps, const char *name, const int64_t shape[3])
 {
-    prior_layer *l = calloc(1, sizeof *l);
-    if (!l) {
-        cf_set_error(CF_ERR_NOMEM, "%s: out of memory", name);
-        return NULL;
-    }
-    int64_t s4[4] = {1, shape[0], shape[1], shape[2]};
-    if (!cf__layer_init(&l->base, &prior_vt, name, shape, shape) ||
-        !(l->mean = cf__layer_param(&l->base, ps, "mean", 4, s4)) ||
-        !(l->logs = cf__layer_param(&l->base, ps, "logs", 4, s4))) {
-        free(l);
-        return NULL;
-    }
-    l->base.factors_out = true;
-    return &l->base;
+    return cf_layer_create("prior", ps, name, shape, NULL, NULL);
 }

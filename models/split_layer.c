@@ -33,7 +33,7 @@ static cf_status split_forward(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     if (prior_params(l, ctx, parts[0], &mean, &logs) != CF_OK) return cf_ctx_status(ctx);
     io->latents[io->n_latents++] = parts[1];
     io->x = parts[0];
-    return cf__add_logp(ctx, io, cf_gaussian_logp(ctx, parts[1], mean, logs));
+    return cf_flow_io_add_logp(ctx, io, cf_gaussian_logp(ctx, parts[1], mean, logs));
 }
 
 static cf_status split_inverse(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
@@ -62,34 +62,41 @@ static double split_flops(const cf_layer *self)
     return cf__conv_flops(self->in_shape[0], self->in_shape[1], 3, l->kept, 2 * l->out);
 }
 
-static void split_free(cf_layer *self)
-{
-    free(self);
-}
-
 static const cf_layer_vtable split_vt = {"split", split_forward, split_inverse, split_flops,
-                                         split_free};
+                                         NULL};
 
-cf_layer *cf_split_layer(cf_params *ps, const char *name, const int64_t shape[3])
+static cf_layer *split_create(const cf_layer_args *a)
 {
+    const int64_t *shape = a->in_shape;
     if (shape[2] < 2) {
-        cf_set_error(CF_ERR_SHAPE, "%s: cannot split images of %lld channel", name,
+        cf_set_error(CF_ERR_SHAPE, "%s: cannot split images of %lld channel", a->name,
                      (long long)shape[2]);
         return NULL;
     }
-    split_layer *l = calloc(1, sizeof *l);
-    if (!l) {
-        cf_set_error(CF_ERR_NOMEM, "%s: out of memory", name);
-        return NULL;
-    }
-    l->kept = shape[2] / 2;
-    l->out = shape[2] - l->kept;
-    int64_t out[3] = {shape[0], shape[1], l->kept};
-    if (!cf__layer_init(&l->base, &split_vt, name, shape, out) ||
-        !cf__zero_conv_init(&l->prior, &l->base, ps, "prior", l->kept, 2 * l->out)) {
-        free(l);
-        return NULL;
-    }
+    int64_t kept = shape[2] / 2;
+    int64_t out[3] = {shape[0], shape[1], kept};
+    split_layer *l = cf_layer_alloc(sizeof *l, &split_vt, a, out);
+    if (!l) return NULL;
+    l->kept = kept;
+    l->out = shape[2] - kept;
+    if (!cf__zero_conv_init(&l->prior, &l->base, a, "prior", l->kept, 2 * l->out))
+        return cf_layer_fail(&l->base);
     l->base.factors_out = true;
     return &l->base;
+}
+
+const cf_layer_kind cf__kind_split = {
+    .name = "split",
+    .summary = "factors the last C - C/2 channels out under N(mean, exp(logs)) conditioned on "
+               "the first C/2",
+    .conventions = "keeps channels [0, C/2) of NHWC; the latent is channels [C/2, C); "
+                   "(mean, logs) = (conv3x3_same(kept, prior.weight HWIO) + prior.bias) * "
+                   "exp(3 * prior.logs), output channels [0, C - C/2) are the mean and "
+                   "[C - C/2, 2(C - C/2)) the log-scale (not interleaved)",
+    .create = split_create,
+};
+
+cf_layer *cf_split_layer(cf_params *ps, const char *name, const int64_t shape[3])
+{
+    return cf_layer_create("split", ps, name, shape, NULL, NULL);
 }

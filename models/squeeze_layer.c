@@ -22,28 +22,30 @@ static double squeeze_flops(const cf_layer *self)
     return 0;
 }
 
-static void squeeze_free(cf_layer *self)
-{
-    free(self);
-}
-
 static const cf_layer_vtable squeeze_vt = {"squeeze", squeeze_forward, squeeze_inverse,
-                                           squeeze_flops, squeeze_free};
+                                           squeeze_flops, NULL};
 
-cf_layer *cf_squeeze_layer(const char *name, const int64_t shape[3])
+static cf_layer *squeeze_create(const cf_layer_args *a)
 {
+    const int64_t *shape = a->in_shape;
     if (shape[0] % 2 || shape[1] % 2) {
         cf_set_error(CF_ERR_SHAPE, "%s: cannot squeeze %lld x %lld x %lld images: height and "
-                     "width must be even", name, (long long)shape[0], (long long)shape[1],
+                     "width must be even", a->name, (long long)shape[0], (long long)shape[1],
                      (long long)shape[2]);
         return NULL;
     }
-    cf_layer *l = calloc(1, sizeof *l);
     int64_t out[3] = {shape[0] / 2, shape[1] / 2, shape[2] * 4};
-    if (!l || !cf__layer_init(l, &squeeze_vt, name, shape, out)) {
-        if (!l) cf_set_error(CF_ERR_NOMEM, "%s: out of memory", name);
-        free(l);
-        return NULL;
-    }
-    return l;
+    return cf_layer_alloc(sizeof(cf_layer), &squeeze_vt, a, out);
+}
+
+const cf_layer_kind cf__kind_squeeze = {
+    .name = "squeeze",
+    .summary = "space to channels: (H, W, C) -> (H/2, W/2, 4C), log|det| = 0",
+    .conventions = "Glow's order: output channel c*4 + dy*2 + dx holds input (2i+dy, 2j+dx, c)",
+    .create = squeeze_create,
+};
+
+cf_layer *cf_squeeze_layer(const char *name, const int64_t shape[3])
+{
+    return cf_layer_create("squeeze", NULL, name, shape, NULL, NULL);
 }
