@@ -18,6 +18,7 @@ endfunction()
 cf_require_pkg(CF_HDF5 hdf5 libhdf5-dev)
 cf_require_pkg(CF_PNG libpng libpng-dev)
 cf_require_pkg(CF_ZLIB zlib zlib1g-dev)
+cf_require_pkg(CF_CJSON libcjson libcjson-dev)
 
 # libxsmm 1.17 ships static archives whose pkg-config file omits their BLAS; we link OpenBLAS
 # after it (libxsmm's GEMM fallback and our own sgemm calls both use it).
@@ -42,6 +43,7 @@ find_package(Threads REQUIRED)
 add_library(cf_deps INTERFACE)
 target_include_directories(cf_deps INTERFACE ${CF_XSMM_INCLUDE} ${CF_CBLAS_INCLUDE})
 target_link_libraries(cf_deps INTERFACE PkgConfig::CF_HDF5 PkgConfig::CF_PNG PkgConfig::CF_ZLIB
+                      PkgConfig::CF_CJSON
                       ${CF_XSMM_LIB} ${CF_OPENBLAS_LIB} OpenMP::OpenMP_C Threads::Threads
                       ${CMAKE_DL_LIBS} m)
 

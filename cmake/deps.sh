@@ -3,7 +3,7 @@
 # Sourced by tests/run.sh and examples/run.sh; usage: cf_install_deps [extra packages...]
 cf_install_deps() {
     local pkgs=(cmake make gcc libc6-dev pkg-config libxsmm-dev libopenblas-dev check libsubunit-dev
-                libhdf5-dev libpng-dev zlib1g-dev libopenmpi-dev openmpi-bin "$@")
+                libhdf5-dev libpng-dev zlib1g-dev libcjson-dev libopenmpi-dev openmpi-bin "$@")
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

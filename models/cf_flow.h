@@ -99,6 +99,10 @@ typedef struct cf_flow_config {
     int64_t hidden;                  /* coupling network width; 0: 128 */
     cf_coupling_kind coupling;       /* default quad */
     cf_invconv_kind conv;            /* default CInC */
+    /* Or any registered kind by its choice name (cf_layer_kind_for_choice): a kind of role
+     * "invconv" ("cinc", "1x1", "emerging", or a plugin's) and one of role "coupling" ("quad",
+     * "affine", ...), which then replace conv and coupling. NULL: the enums decide. */
+    const char *conv_name, *coupling_name;
     uint64_t seed;                   /* initialisation */
 } cf_flow_config;
 

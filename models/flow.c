@@ -5,6 +5,7 @@
  */
 #include <omp.h>
 
+#include "cf_arch.h"
 #include "cf_autodiff_impl.h"
 #include "cf_models_impl.h"
 
@@ -326,69 +327,35 @@ static cf_flow_config with_defaults(const cf_flow_config *cfg)
 cf_flow *cf_flow_new(const cf_flow_config *cfg_in, cf_dtype dtype)
 {
     cf_flow_config cfg = with_defaults(cfg_in);
-    if (cfg.levels < 1 || cfg.levels > CF_FLOW_MAX_LATENTS - 1 || cfg.depth < 1 ||
-        cfg.hidden < 1 || cfg.height < 1 || cfg.width < 1 || cfg.channels < 1) {
-        cf_set_error(CF_ERR_ARG, "flow: levels %d (1 to %d), depth %d, width %lld and image "
-                     "%lld x %lld x %lld must be positive", cfg.levels, CF_FLOW_MAX_LATENTS - 1,
-                     cfg.depth, (long long)cfg.hidden, (long long)cfg.height,
-                     (long long)cfg.width, (long long)cfg.channels);
-        return NULL;
-    }
     if ((unsigned)cfg.coupling > CF_COUPLING_KIND_AFFINE || (unsigned)cfg.conv > CF_INVCONV_KIND_EMERGING) {
         cf_set_error(CF_ERR_ARG, "flow: unknown coupling %d or convolution %d",
                      (int)cfg.coupling, (int)cfg.conv);
         return NULL;
     }
-    int64_t shape[3] = {cfg.height, cfg.width, cfg.channels};
-    cf_flow *f = cf_flow_empty(shape, dtype);
-    if (!f) return NULL;
-    f->cfg = cfg;
-    cf_rng rng;
-    cf_rng_seed(&rng, cfg.seed, 0x1a7e);
-    char name[CF_NAME_MAX];
-    cf_status st = CF_OK;
-#define ADD(expr)                                                                              \
-    do {                                                                                       \
-        if (st == CF_OK) {                                                                     \
-            cf_layer *layer_ = (expr);                                                         \
-            st = cf_flow_add(f, layer_);                                                       \
-            if (st == CF_OK) memcpy(shape, layer_->out_shape, sizeof shape);                   \
-        }                                                                                      \
-    } while (0)
-    for (int i = 0; i < cfg.levels && st == CF_OK; i++) {
-        snprintf(name, sizeof name, "levels.%d.squeeze", i);
-        ADD(cf_squeeze_layer(name, shape));
-        for (int j = 0; j < cfg.depth && st == CF_OK; j++) {
-            snprintf(name, sizeof name, "levels.%d.steps.%d.actnorm", i, j);
-            ADD(cf_actnorm_layer(f->ps, name, shape));
-            snprintf(name, sizeof name, "levels.%d.steps.%d.conv", i, j);
-            switch (cfg.conv) {
-            case CF_INVCONV_KIND_CINC: ADD(cf_cinc_conv_layer(f->ps, name, shape, &rng)); break;
-            case CF_INVCONV_KIND_1X1: ADD(cf_invconv1x1_layer(f->ps, name, shape, &rng)); break;
-            case CF_INVCONV_KIND_EMERGING:
-                ADD(cf_emerging_conv_layer(f->ps, name, shape, &rng));
-                break;
-            }
-            snprintf(name, sizeof name, "levels.%d.steps.%d.coupling", i, j);
-            ADD(cf_coupling_layer(f->ps, name, shape, cfg.coupling, cfg.hidden, &rng));
-        }
-        if (i < cfg.levels - 1) {
-            snprintf(name, sizeof name, "levels.%d.split", i);
-            ADD(cf_split_layer(f->ps, name, shape));
-        }
-    }
-    ADD(cf_prior_layer(f->ps, "prior", shape));
-#undef ADD
-    if (st != CF_OK) {
+    cf_arch *arch = cf_arch_builtin(&cfg);
+    cf_flow *f = arch ? cf_flow_from_arch(arch, dtype, cfg.seed) : NULL;
+    if (arch && !f) {
         /* Say which level failed: layer names start with it. */
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", cf_last_error());
-        cf_set_error(st, "cannot build the %d-level flow on %lld x %lld x %lld images: %s",
-                     cfg.levels, (long long)cfg.height, (long long)cfg.width,
+        cf_set_error(CF_ERR_SHAPE, "cannot build the %d-level flow on %lld x %lld x %lld images: "
+                     "%s", cfg.levels, (long long)cfg.height, (long long)cfg.width,
                      (long long)cfg.channels, msg);
-        cf_flow_free(f);
-        return NULL;
     }
+    cf_arch_free(arch);
+    if (!f) return NULL;
+    /* The kinds' own (static) choice names, so the config holds no borrowed string. */
+    static const char *const convs[] = {"cinc", "1x1", "emerging"};
+    static const char *const couplings[] = {"quad", "affine"};
+    const char *conv = cfg.conv_name ? cfg.conv_name : convs[cfg.conv];
+    const char *coupling = cfg.coupling_name ? cfg.coupling_name : couplings[cfg.coupling];
+    cfg.conv_name = cf_layer_kind_for_choice("invconv", conv)->choice;
+    cfg.coupling_name = cf_layer_kind_for_choice("coupling", coupling)->choice;
+    for (int k = 0; k < 3; k++)
+        if (strcmp(cfg.conv_name, convs[k]) == 0) cfg.conv = (cf_invconv_kind)k;
+    for (int k = 0; k < 2; k++)
+        if (strcmp(cfg.coupling_name, couplings[k]) == 0) cfg.coupling = (cf_coupling_kind)k;
+    f->cfg = cfg;
     return f;
 }
 
