@@ -4,10 +4,8 @@
  *       checks every registered op (or one) on each of its test cases: backward against
  *       central differences in f64, and the fast f32 kernels against the reference ones.
  *       One line per op, then "N passed, N failed"; exit status 1 if any failed.
- *   cincflow info [--shape HxWxC] [--levels L] [--depth K] [--width N]
- *                 [--coupling quad|affine] [--conv cinc|1x1|emerging]
- *       builds the model and prints its layers, then "params: N, forward GFLOP/image: F".
  *   cincflow train | eval | sample | interpolate | manipulate   (cli_train.c, cli_eval.c)
+ *   cincflow arch | info   a model's architecture as JSON, its layers and size (cli_arch.c)
  *   cincflow ops      lists the registered ops.
  *   cincflow version  prints the version.
  *
@@ -30,7 +28,7 @@ static int usage(FILE *f)
 {
     fprintf(f, "usage: cincflow <command> [options]\n"
                "commands:\n"
-               "  train --data SPEC [--steps N | --epochs N | --minutes M] [options]\n"
+               "  train --data SPEC [--steps N | --epochs N | --minutes M] [--arch FILE] [options]\n"
                "                                              train a flow (--help for options)\n"
                "  eval --checkpoint FILE [--data SPEC] [--split test] [--limit N] [--json]\n"
                "                                              test bits/dim\n"
@@ -40,28 +38,15 @@ static int usage(FILE *f)
                "  manipulate --checkpoint FILE --index I --from-class A --to-class B --out strip.png\n"
                "  gradcheck [--op NAME] [--fast] [--seed N]  check every op's gradient and "
                "fast kernels\n"
-               "  info [--shape HxWxC] [--levels L] [--depth K] [--width N]\n"
-               "       [--coupling quad|affine] [--conv cinc|1x1|emerging]\n"
+               "  arch [model flags] [--checkpoint FILE] [--out FILE]\n"
+               "                                              a model's architecture as JSON\n"
+               "  info [model flags | --arch FILE | --checkpoint FILE]\n"
                "                                              print a model's layers and size\n"
                "  bench <conv|inverse|train|sample> [--json] [--threads N]  benchmarks (see "
                "BENCHMARKS.md)\n"
                "  ops                                         list the registered ops\n"
                "  version                                     print the version\n");
     return f == stderr ? 2 : 0;
-}
-
-/* Parses a non-negative integer flag value; exits 2 with a message naming the flag. */
-static unsigned long long parse_u64(const char *flag, const char *text)
-{
-    char *end = NULL;
-    errno = 0;
-    unsigned long long v = strtoull(text ? text : "", &end, 10);
-    if (!text || !*text || *end || errno || text[0] == '-') {
-        fprintf(stderr, "cincflow: %s expects a non-negative integer, got '%s'\n", flag,
-                text ? text : "");
-        exit(2);
-    }
-    return v;
 }
 
 /* Checks one op over all its cases; prints its line; returns true when it passed. */
@@ -125,18 +110,16 @@ static int cmd_gradcheck(int argc, char **argv)
 {
     const char *only = NULL;
     cf_gradcheck_opts opts = {.seed = 1};
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--op") == 0 && i + 1 < argc) {
-            only = argv[++i];
-        } else if (strcmp(argv[i], "--fast") == 0) {
-            opts.fast = true;
-        } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
-            opts.seed = parse_u64("--seed", argv[++i]);
-        } else {
-            fprintf(stderr, "cincflow gradcheck: unknown or incomplete flag '%s'\n", argv[i]);
-            return 2;
-        }
-    }
+    int64_t seed = 1;
+    cli_flag flags[] = {
+        {"--op", CLI_STRING, &only, 0, 0, NULL, "check only this op (see 'cincflow ops')"},
+        {"--fast", CLI_BOOL, &opts.fast, 0, 0, NULL, "random directions v^T J u instead of every element"},
+        {"--seed", CLI_INT, &seed, 0, 9.2e18, NULL, "test inputs (default 1)"},
+    };
+    int rc = cli_begin("gradcheck", "[--op NAME] [--fast] [--seed N]", argc, argv, flags,
+                       (int)(sizeof flags / sizeof flags[0]));
+    if (rc >= 0) return rc;
+    opts.seed = (uint64_t)seed;
     int passed = 0, failed = 0;
     if (only) {
         const cf_op_def *op = cf_op_find(only);
@@ -153,77 +136,6 @@ static int cmd_gradcheck(int argc, char **argv)
     return failed ? 1 : 0;
 }
 
-/* Parses "HxWxC" into shape; exits 2 naming the flag when it is not that. */
-static void parse_shape(const char *flag, const char *text, int64_t shape[3])
-{
-    long long h, w, c;
-    char tail;
-    if (!text || sscanf(text, "%lldx%lldx%lld%c", &h, &w, &c, &tail) != 3 || h < 1 || w < 1 ||
-        c < 1 || h > 65536 || w > 65536 || c > 4096) {
-        fprintf(stderr, "cincflow: %s expects HxWxC with positive sizes (e.g. 28x28x1), got "
-                        "'%s'\n", flag, text ? text : "");
-        exit(2);
-    }
-    shape[0] = h, shape[1] = w, shape[2] = c;
-}
-
-/* Parses the model flags shared by commands that build a flow; returns the index of the first
- * argument it did not take, or -1 after printing an error for a bad one. */
-static int parse_model_flags(int argc, char **argv, cf_flow_config *cfg)
-{
-    int64_t shape[3] = {28, 28, 1};
-    int i = 0;
-    for (; i < argc; i++) {
-        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(f, "--shape") == 0) {
-            parse_shape(f, v, shape);
-        } else if (strcmp(f, "--levels") == 0) {
-            cfg->levels = (int)parse_u64(f, v);
-        } else if (strcmp(f, "--depth") == 0) {
-            cfg->depth = (int)parse_u64(f, v);
-        } else if (strcmp(f, "--width") == 0) {
-            cfg->hidden = (int64_t)parse_u64(f, v);
-        } else if (strcmp(f, "--coupling") == 0 && v &&
-                   (strcmp(v, "quad") == 0 || strcmp(v, "affine") == 0)) {
-            cfg->coupling = strcmp(v, "quad") == 0 ? CF_COUPLING_KIND_QUAD : CF_COUPLING_KIND_AFFINE;
-        } else if (strcmp(f, "--conv") == 0 && v &&
-                   (strcmp(v, "cinc") == 0 || strcmp(v, "1x1") == 0 || strcmp(v, "emerging") == 0)) {
-            cfg->conv = strcmp(v, "cinc") == 0  ? CF_INVCONV_KIND_CINC
-                        : strcmp(v, "1x1") == 0 ? CF_INVCONV_KIND_1X1
-                                                : CF_INVCONV_KIND_EMERGING;
-        } else if (strcmp(f, "--coupling") == 0 || strcmp(f, "--conv") == 0) {
-            fprintf(stderr, "cincflow: %s expects %s, got '%s'\n", f,
-                    strcmp(f, "--coupling") == 0 ? "quad or affine" : "cinc, 1x1 or emerging",
-                    v ? v : "");
-            return -1;
-        } else {
-            break;
-        }
-        i++;
-    }
-    cfg->height = shape[0], cfg->width = shape[1], cfg->channels = shape[2];
-    return i;
-}
-
-static int cmd_info(int argc, char **argv)
-{
-    cf_flow_config cfg = {0};
-    int used = parse_model_flags(argc, argv, &cfg);
-    if (used < 0) return 2;
-    if (used < argc) {
-        fprintf(stderr, "cincflow info: unknown flag '%s'\n", argv[used]);
-        return 2;
-    }
-    cf_flow *flow = cf_flow_new(&cfg, CF_F32);
-    if (!flow) {
-        fprintf(stderr, "cincflow info: %s\n", cf_last_error());
-        return 2;
-    }
-    cf_flow_print(flow, stdout);
-    cf_flow_free(flow);
-    return 0;
-}
-
 static int cmd_ops(void)
 {
     for (int i = 0; i < cf_op_count(); i++) {
@@ -238,7 +150,8 @@ int main(int argc, char **argv)
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];
     if (strcmp(cmd, "gradcheck") == 0) return cmd_gradcheck(argc - 2, argv + 2);
-    if (strcmp(cmd, "info") == 0) return cmd_info(argc - 2, argv + 2);
+    if (strcmp(cmd, "info") == 0) return cli_info(argc - 2, argv + 2);
+    if (strcmp(cmd, "arch") == 0) return cli_arch(argc - 2, argv + 2);
     if (strcmp(cmd, "train") == 0) return cli_train(argc - 2, argv + 2);
     if (strcmp(cmd, "eval") == 0) return cli_eval(argc - 2, argv + 2);
     if (strcmp(cmd, "sample") == 0) return cli_sample(argc - 2, argv + 2);

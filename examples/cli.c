@@ -163,6 +163,25 @@ cli_model cli_model_defaults(void)
     return m;
 }
 
+/* The choices of a role ("a|b|c", the registry's order), kept for the flag table. */
+static const char *role_choices(const char *role)
+{
+    static char conv[512], coupling[512];
+    char *buf = strcmp(role, "invconv") == 0 ? conv : coupling;
+    return cf_layer_kind_choices(role, buf, sizeof conv);
+}
+
+/* The choice name of the idx-th kind of a role. */
+static const char *role_choice(const char *role, int idx)
+{
+    int n = cf_layer_kind_count(), seen = 0;
+    for (int i = 0; i < n; i++) {
+        const cf_layer_kind *k = cf_layer_kind_at(i);
+        if (k->role && k->choice && strcmp(k->role, role) == 0 && seen++ == idx) return k->choice;
+    }
+    return NULL;
+}
+
 int cli_model_flags(cli_flag *f, cli_model *m)
 {
     f[0] = (cli_flag){"--shape", CLI_SHAPE, m->shape, 0, 0, NULL, "image shape (default 28x28x1)"};
@@ -170,10 +189,10 @@ int cli_model_flags(cli_flag *f, cli_model *m)
     f[2] = (cli_flag){"--depth", CLI_INT, &m->depth, 1, 256, NULL, "steps per level K (default 8)"};
     f[3] = (cli_flag){"--width", CLI_INT, &m->width, 1, 4096, NULL,
                       "coupling network width (default 128)"};
-    f[4] = (cli_flag){"--coupling", CLI_CHOICE, &m->coupling, 0, 0, "quad|affine",
-                      "coupling layer (default quad)"};
-    f[5] = (cli_flag){"--conv", CLI_CHOICE, &m->conv, 0, 0, "cinc|1x1|emerging",
-                      "invertible convolution (default cinc)"};
+    f[4] = (cli_flag){"--coupling", CLI_CHOICE, &m->coupling, 0, 0, role_choices("coupling"),
+                      "coupling layer kind (default quad)"};
+    f[5] = (cli_flag){"--conv", CLI_CHOICE, &m->conv, 0, 0, role_choices("invconv"),
+                      "invertible convolution kind (default cinc)"};
     return CLI_MODEL_FLAGS;
 }
 
@@ -181,21 +200,23 @@ cf_flow_config cli_model_config(const cli_model *m)
 {
     cf_flow_config c = {.height = m->shape[0], .width = m->shape[1], .channels = m->shape[2],
                         .levels = (int)m->levels, .depth = (int)m->depth, .hidden = m->width,
-                        .coupling = m->coupling ? CF_COUPLING_KIND_AFFINE : CF_COUPLING_KIND_QUAD,
-                        .conv = m->conv == 0   ? CF_INVCONV_KIND_CINC
-                                : m->conv == 1 ? CF_INVCONV_KIND_1X1
-                                               : CF_INVCONV_KIND_EMERGING};
+                        .coupling_name = role_choice("coupling", m->coupling),
+                        .conv_name = role_choice("invconv", m->conv)};
     return c;
 }
 
-const char *cli_coupling_name(cf_coupling_kind k)
+const char *cli_coupling_name(const cf_flow_config *c)
 {
-    return k == CF_COUPLING_KIND_AFFINE ? "affine" : "quad";
+    return c->coupling_name ? c->coupling_name
+                            : c->coupling == CF_COUPLING_KIND_AFFINE ? "affine" : "quad";
 }
 
-const char *cli_conv_name(cf_invconv_kind k)
+const char *cli_conv_name(const cf_flow_config *c)
 {
-    return k == CF_INVCONV_KIND_1X1 ? "1x1" : k == CF_INVCONV_KIND_EMERGING ? "emerging" : "cinc";
+    return c->conv_name                           ? c->conv_name
+           : c->conv == CF_INVCONV_KIND_1X1      ? "1x1"
+           : c->conv == CF_INVCONV_KIND_EMERGING ? "emerging"
+                                                 : "cinc";
 }
 
 double cli_activation_bytes(const cf_flow_config *c, int64_t batch, bool recompute)
@@ -242,66 +263,51 @@ bool cli_check_memory(const char *cmd, const cf_flow_config *c, int64_t batch, b
     return true;
 }
 
-cf_status cli_config_to_meta(const cf_flow_config *c, cf_ckpt_meta *meta)
+double cli_flow_activation_bytes(const cf_flow *flow, int64_t batch, bool recompute)
 {
-    cf_status st = cf_ckpt_meta_set_string(meta, "model", "glow-multiscale");
-    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "height", c->height);
-    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "width", c->width);
-    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "channels", c->channels);
-    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "levels", c->levels);
-    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "depth", c->depth);
-    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "hidden", c->hidden);
-    if (st == CF_OK) st = cf_ckpt_meta_set_string(meta, "coupling", cli_coupling_name(c->coupling));
-    if (st == CF_OK) st = cf_ckpt_meta_set_string(meta, "conv", cli_conv_name(c->conv));
-    if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "seed", (int64_t)c->seed);
-    return st;
+    /* As cli_activation_bytes, from the layers: a layer with coupling networks (a "hidden"
+     * hyperparameter; one network per conv1 weight) keeps about 2.5 tensors of that width per
+     * network, and every layer that keeps its shape one input and one output. */
+    double acts = 0, step_max = 0, inputs = 0;
+    for (int i = 0; i < cf_flow_layer_count(flow); i++) {
+        const cf_layer *l = cf_flow_layer((cf_flow *)flow, i);
+        double hw = (double)(l->in_shape[0] * l->in_shape[1]);
+        const cf_hparam *hidden = cf_hparams_find(&l->hp, "hidden");
+        if (hidden && hidden->type == CF_HP_INT) {
+            int nets = 0;
+            for (int k = 0; k < l->n_params; k++)
+                nets += strstr(l->params[k]->name, "conv1.weight") != NULL;
+            double step = (nets ? nets : 1) * 2.5 * hw * (double)hidden->i;
+            acts += step;
+            if (step > step_max) step_max = step;
+        }
+        if (!memcmp(l->in_shape, l->out_shape, sizeof l->in_shape) && !l->factors_out)
+            inputs += (recompute ? 1.0 : 2.0) * hw * (double)l->in_shape[2];
+    }
+    return 4.0 * (double)batch * (recompute ? step_max + inputs : acts + inputs);
 }
 
-cf_status cli_config_from_meta(const cf_ckpt_meta *meta, cf_flow_config *c)
+bool cli_check_flow_memory(const char *cmd, const cf_flow *flow, int64_t batch, bool training,
+                           bool recompute)
 {
-    int64_t v[7];
-    const char *keys[7] = {"height", "width", "channels", "levels", "depth", "hidden", "seed"};
-    for (int k = 0; k < 7; k++) {
-        cf_status st = cf_ckpt_meta_get_int(meta, keys[k], &v[k]);
-        if (st != CF_OK) return st;
+    double params = (double)cf_params_numel(cf_flow_params((cf_flow *)flow));
+    double acts = training ? cli_flow_activation_bytes(flow, batch, recompute)
+                           : cli_flow_activation_bytes(flow, batch, true);
+    double need = params * 4 * (training ? 4 : 1) + acts;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+    if (have > 0 && need > 0.9 * have) {
+        fprintf(stderr, "cincflow %s: this model and batch need about %.1f GB of memory; the "
+                        "machine has %.1f GB (use a smaller --batch or model%s)\n",
+                cmd, need / 1e9, have / 1e9, training && !recompute ? ", or --recompute on" : "");
+        return false;
     }
-    const char *coupling, *conv;
-    cf_status st = cf_ckpt_meta_get_string(meta, "coupling", &coupling);
-    if (st == CF_OK) st = cf_ckpt_meta_get_string(meta, "conv", &conv);
-    if (st != CF_OK) return st;
-    *c = (cf_flow_config){.height = v[0], .width = v[1], .channels = v[2], .levels = (int)v[3],
-                          .depth = (int)v[4], .hidden = v[5], .seed = (uint64_t)v[6]};
-    c->coupling = strcmp(coupling, "affine") == 0 ? CF_COUPLING_KIND_AFFINE : CF_COUPLING_KIND_QUAD;
-    c->conv = strcmp(conv, "1x1") == 0        ? CF_INVCONV_KIND_1X1
-              : strcmp(conv, "emerging") == 0 ? CF_INVCONV_KIND_EMERGING
-                                              : CF_INVCONV_KIND_CINC;
-    if (strcmp(coupling, "affine") && strcmp(coupling, "quad"))
-        return cf_set_error(CF_ERR_FORMAT, "config: coupling '%s' is neither quad nor affine",
-                            coupling);
-    if (strcmp(conv, "cinc") && strcmp(conv, "1x1") && strcmp(conv, "emerging"))
-        return cf_set_error(CF_ERR_FORMAT, "config: conv '%s' is not cinc, 1x1 or emerging", conv);
-    return CF_OK;
+    return true;
 }
 
 cf_flow *cli_load_flow(const char *cmd, const char *path, cf_ckpt_meta *meta)
 {
-    cf_flow_config cfg;
-    cf_status st = cf_checkpoint_read_config(path, meta);
-    if (st == CF_OK) st = cli_config_from_meta(meta, &cfg);
-    if (st != CF_OK) {
-        fprintf(stderr, "cincflow %s: %s: %s\n", cmd, path, cf_last_error());
-        return NULL;
-    }
-    cf_ckpt_meta_clear(meta);
-    cf_flow *flow = cf_flow_new(&cfg, CF_F32);
-    if (!flow) {
-        fprintf(stderr, "cincflow %s: %s: %s\n", cmd, path, cf_last_error());
-        return NULL;
-    }
-    if (cf_checkpoint_load(path, cf_flow_params(flow), NULL, meta) != CF_OK) {
-        fprintf(stderr, "cincflow %s: %s\n", cmd, cf_last_error());
-        cf_flow_free(flow);
-        return NULL;
-    }
+    cf_flow *flow = cf_flow_load(path, CF_F32, meta);
+    if (!flow) fprintf(stderr, "cincflow %s: %s\n", cmd, cf_last_error());
     return flow;
 }

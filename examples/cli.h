@@ -49,7 +49,7 @@ int cli_begin(const char *cmd, const char *synopsis, int argc, char **argv, cons
 typedef struct cli_model {
     int64_t shape[3];
     int64_t levels, depth, width;
-    int coupling, conv; /* indices into "quad|affine" and "cinc|1x1|emerging" */
+    int coupling, conv; /* indices among the registered kinds of roles "coupling", "invconv" */
 } cli_model;
 int cli_model_flags(cli_flag *flags, cli_model *m);
 cli_model cli_model_defaults(void);
@@ -63,20 +63,18 @@ double cli_activation_bytes(const cf_flow_config *cfg, int64_t batch, bool recom
 bool cli_check_memory(const char *cmd, const cf_flow_config *cfg, int64_t batch, bool training,
                       bool recompute);
 
-/* The model configuration as checkpoint metadata, and back. */
-cf_status cli_config_to_meta(const cf_flow_config *cfg, cf_ckpt_meta *meta);
-cf_status cli_config_from_meta(const cf_ckpt_meta *meta, cf_flow_config *cfg);
-/* Builds the flow a checkpoint describes and loads its parameters (opt may be NULL). Returns
- * the flow or NULL after printing the error. meta is filled (clear it with cf_ckpt_meta_clear). */
+/* The same two from a built flow's layers (any architecture). */
+double cli_flow_activation_bytes(const cf_flow *flow, int64_t batch, bool recompute);
+bool cli_check_flow_memory(const char *cmd, const cf_flow *flow, int64_t batch, bool training,
+                           bool recompute);
+
+/* cf_flow_load, printing the error: the flow a checkpoint describes with its parameters, or
+ * NULL. meta is filled (clear it with cf_ckpt_meta_clear). */
 cf_flow *cli_load_flow(const char *cmd, const char *path, cf_ckpt_meta *meta);
 
-const char *cli_coupling_name(cf_coupling_kind k);
-const char *cli_conv_name(cf_invconv_kind k);
-
-/* Mean bits/dim of the first `limit` images of ds (0: all), in batches, grad recording off;
- * uniform dequantization is seeded with `seed`. */
-cf_status cli_eval_bpd(cf_flow *flow, const cf_dataset *ds, int64_t limit, int64_t batch,
-                       cf_dequant dequant, uint64_t seed, double *bpd);
+/* The conv and coupling kinds' choice names of a built-in model's config. */
+const char *cli_coupling_name(const cf_flow_config *cfg);
+const char *cli_conv_name(const cf_flow_config *cfg);
 
 /* Monotonic seconds. */
 double cli_now(void);
@@ -87,5 +85,7 @@ int cli_eval(int argc, char **argv);
 int cli_sample(int argc, char **argv);
 int cli_interpolate(int argc, char **argv);
 int cli_manipulate(int argc, char **argv);
+int cli_arch(int argc, char **argv);
+int cli_info(int argc, char **argv);
 
 #endif

@@ -13,34 +13,6 @@
 
 #include "cli.h"
 
-cf_status cli_eval_bpd(cf_flow *flow, const cf_dataset *ds, int64_t limit, int64_t batch,
-                       cf_dequant dequant, uint64_t seed, double *bpd)
-{
-    int h, w, c;
-    cf_dataset_shape(ds, &h, &w, &c);
-    int64_t n = cf_dataset_count(ds);
-    if (limit > 0 && limit < n) n = limit;
-    cf_ctx *ctx = cf_ctx_new(0);
-    if (!ctx) return CF_ERR_NOMEM;
-    cf_ctx_set_grad(ctx, false);
-    cf_rng rng;
-    cf_rng_seed(&rng, seed, 0xe7a1);
-    double total = 0;
-    cf_status st = CF_OK;
-    for (int64_t first = 0; first < n && st == CF_OK; first += batch) {
-        int64_t b = first + batch <= n ? batch : n - first;
-        cf_tensor *x = cf_tensor_new_v(ctx, CF_F32, b, h, w, c);
-        st = x ? cf_dataset_fill(ds, first, x, dequant, &rng) : cf_ctx_status(ctx);
-        cf_tensor *per = st == CF_OK ? cf_flow_bpd_per_image(flow, ctx, cf_flow_log_prob(flow, ctx, x, NULL)) : NULL;
-        if (st == CF_OK && !per) st = cf_set_error(cf_ctx_status(ctx), "%s", cf_ctx_error(ctx));
-        for (int64_t i = 0; st == CF_OK && i < b; i++) total += cf_tensor_get(per, i);
-        cf_ctx_reset(ctx);
-    }
-    cf_ctx_free(ctx);
-    *bpd = n ? total / (double)n : NAN;
-    return st;
-}
-
 int cli_eval(int argc, char **argv)
 {
     const char *ckpt = NULL, *data = NULL, *split = "test";
@@ -83,7 +55,7 @@ int cli_eval(int argc, char **argv)
         fprintf(stderr, "cincflow eval: %s holds %dx%dx%d images; the model takes %lldx%lldx%lld\n",
                 spec, h, w, c, (long long)shape[0], (long long)shape[1], (long long)shape[2]);
         status = 2;
-    } else if (cli_eval_bpd(flow, ds, limit, batch, (cf_dequant)dequant, (uint64_t)seed, &bpd) != CF_OK) {
+    } else if (cf_flow_eval_bpd(flow, ds, limit, batch, (cf_dequant)dequant, (uint64_t)seed, &bpd) != CF_OK) {
         fprintf(stderr, "cincflow eval: %s\n", cf_last_error());
         status = 1;
     } else {

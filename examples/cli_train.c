@@ -54,7 +54,7 @@ static double peak_rss_mb(void)
 }
 
 typedef struct train_opts {
-    const char *data, *checkpoint, *resume, *log;
+    const char *data, *checkpoint, *resume, *log, *arch;
     cli_model model;
     bool shape_given;
     int optimizer;
@@ -126,9 +126,8 @@ static cf_status save(const char *path, cf_flow *flow, cf_adam *opt, cf_batcher 
     meta.epoch = cf_batcher_get_state(b).epoch;
     meta.has_data_state = true;
     meta.data_state = cf_batcher_get_state(b);
-    cf_status st = cli_config_to_meta(cf_flow_config_of(flow), &meta);
-    if (st == CF_OK) st = cf_ckpt_meta_set_string(&meta, "data", data);
-    if (st == CF_OK) st = cf_checkpoint_save(path, cf_flow_params(flow), opt, &meta);
+    cf_status st = cf_ckpt_meta_set_string(&meta, "data", data);
+    if (st == CF_OK) st = cf_flow_save(path, flow, opt, &meta);
     cf_ckpt_meta_clear(&meta);
     return st;
 }
@@ -177,6 +176,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
         {"--checkpoint", CLI_STRING, &o.checkpoint, 0, 0, NULL, "checkpoint file written periodically and at the end"},
         {"--checkpoint-every", CLI_INT, &o.checkpoint_every, 1, 1e12, NULL, "steps between checkpoints (default 500)"},
         {"--resume", CLI_STRING, &o.resume, 0, 0, NULL, "continue from this checkpoint"},
+        {"--arch", CLI_STRING, &o.arch, 0, 0, NULL, "train this architecture (JSON, see `cincflow arch`) instead of the model flags' one"},
         {"--log", CLI_STRING, &o.log, 0, 0, NULL, "CSV log, one line per step"},
         {"--eval-every", CLI_INT, &o.eval_every, 1, 1e12, NULL, "steps between test evaluations"},
         {"--eval-limit", CLI_INT, &o.eval_limit, 1, 1e12, NULL, "test images per evaluation (default all)"},
@@ -187,11 +187,26 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
         {"--recompute", CLI_CHOICE, &o.recompute, 0, 0, "auto|on|off|rebuild", "keep one activation per step and recompute during backward (auto: when activations would pass 4 GB; rebuild: not even that, each step's input rebuilt with the inverses)"},
         {"--micro-batch", CLI_INT, &o.micro_batch, 1, 65536, NULL, "images per forward and backward pass within a step, the step's gradient added up over its batch (default 16 per thread; the batch size or more: all at once)"},
     };
-    int n = 24;
+    int n = 25;
     n += cli_model_flags(flags + n, &o.model);
     int rc = cli_begin("train", "[options]", argc, argv, flags, n);
     if (rc >= 0) return rc;
-    for (int i = 0; i < argc; i++) o.shape_given |= strcmp(argv[i], "--shape") == 0;
+    const char *model_flag = NULL;
+    for (int i = 0; i < argc; i++) {
+        o.shape_given |= strcmp(argv[i], "--shape") == 0;
+        for (int k = 25; k < n && !model_flag; k++)
+            if (strcmp(argv[i], flags[k].name) == 0) model_flag = flags[k].name;
+    }
+    if (o.arch && (o.resume || model_flag)) {
+        fprintf(stderr, "cincflow train: --arch gives the model; it cannot go with %s\n",
+                o.resume ? "--resume (the model is the checkpoint's)" : model_flag);
+        return 2;
+    }
+    cf_arch *arch = NULL;
+    if (o.arch && !(arch = cf_arch_read_file(o.arch))) {
+        fprintf(stderr, "cincflow train: --arch %s\n", cf_last_error());
+        return 2;
+    }
     if (!o.steps && !o.epochs && !o.minutes) {
         fprintf(stderr, "cincflow train: say how long to train: --steps, --epochs or --minutes\n");
         return 2;
@@ -225,27 +240,55 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
     cf_flow_config cfg = cli_model_config(&o.model);
     cfg.seed = (uint64_t)o.seed;
     cf_ckpt_meta meta = {0};
-    if (o.resume) { /* the model is the checkpoint's */
+    bool builtin = !arch;
+    if (o.resume) { /* the model is the checkpoint's: the built-in one, or its architecture */
         cf_status st = cf_checkpoint_read_config(o.resume, &meta);
-        if (st == CF_OK) st = cli_config_from_meta(&meta, &cfg);
+        if (st == CF_OK) {
+            st = cf_flow_config_from_meta(&meta, &cfg);
+            builtin = st == CF_OK;
+            if (st == CF_ERR_NOT_FOUND && meta.arch_json) st = CF_OK;
+        }
         cf_ckpt_meta_clear(&meta);
         if (st != CF_OK) {
             fprintf(stderr, "cincflow train: --resume %s: %s\n", o.resume, cf_last_error());
             return 1;
         }
     }
+    if (arch && (arch->shape[0] != h || arch->shape[1] != w || arch->shape[2] != c)) {
+        fprintf(stderr, "cincflow train: --arch %s takes %lldx%lldx%lld images, but --data %s "
+                        "holds %dx%dx%d\n", o.arch, (long long)arch->shape[0],
+                (long long)arch->shape[1], (long long)arch->shape[2], o.data, h, w, c);
+        cf_arch_free(arch);
+        return 2;
+    }
     /* Activations are those of one micro-batch (by default CF_FLOW_MICRO_PER_THREAD images
      * per thread). */
     if (!o.micro_batch) o.micro_batch = CF_FLOW_MICRO_PER_THREAD * omp_get_max_threads();
     const int64_t pass = o.micro_batch < o.batch ? o.micro_batch : o.batch;
-    bool recompute = o.recompute == 1 || o.recompute == 3 ||
-                     (o.recompute == 0 && cli_activation_bytes(&cfg, pass, false) > 4e9);
-    if (!cli_check_memory("train", &cfg, pass, true, recompute)) return 2;
-    cf_flow *flow = cf_flow_new(&cfg, CF_F32);
+    bool recompute = o.recompute == 1 || o.recompute == 3;
+    cf_flow *flow = NULL;
+    if (builtin && !o.resume) { /* sizes checked before anything is allocated */
+        recompute |= o.recompute == 0 && cli_activation_bytes(&cfg, pass, false) > 4e9;
+        if (!cli_check_memory("train", &cfg, pass, true, recompute)) return 2;
+        flow = cf_flow_new(&cfg, CF_F32);
+    } else if (arch) {
+        flow = cf_flow_from_arch(arch, CF_F32, (uint64_t)o.seed);
+        cf_arch_free(arch);
+    } else {
+        flow = cf_flow_load(o.resume, CF_F32, NULL);
+    }
     if (!flow) {
         fprintf(stderr, "cincflow train: %s\n", cf_last_error());
-        return 2;
+        return o.resume ? 1 : 2;
     }
+    if (!builtin || o.resume) {
+        recompute |= o.recompute == 0 && cli_flow_activation_bytes(flow, pass, false) > 4e9;
+        if (!cli_check_flow_memory("train", flow, pass, true, recompute)) {
+            cf_flow_free(flow);
+            return 2;
+        }
+    }
+    const cf_flow_config *fcfg = cf_flow_config_of(flow);
     cf_flow_set_recompute(flow, recompute);
     cf_flow_set_rebuild_inputs(flow, o.recompute == 3);
     cf_adam_opts aopts = {.kind = (cf_optim_kind)o.optimizer, .lr = o.lr, .beta1 = o.beta1,
@@ -303,9 +346,13 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
     signal(SIGTERM, on_signal);
     bool tty = lead && isatty(STDERR_FILENO);
     if (lead) {
-        printf("training %s+%s L=%d K=%d width %lld on %s (%lld images of %dx%dx%d): %lld "
-               "parameters%s\n", cli_conv_name(cfg.conv), cli_coupling_name(cfg.coupling),
-               cfg.levels, cfg.depth, (long long)cfg.hidden, o.data,
+        if (fcfg->levels > 0)
+            printf("training %s+%s L=%d K=%d width %lld", cli_conv_name(fcfg),
+                   cli_coupling_name(fcfg), fcfg->levels, fcfg->depth, (long long)fcfg->hidden);
+        else
+            printf("training the %d-layer architecture of %s", cf_flow_layer_count(flow),
+                   o.arch ? o.arch : o.resume);
+        printf(" on %s (%lld images of %dx%dx%d): %lld parameters%s\n", o.data,
                (long long)cf_dataset_count(ds), h, w, c,
                (long long)cf_params_numel(cf_flow_params(flow)),
                o.recompute == 3 ? ", recomputing steps in backward from rebuilt inputs"
@@ -382,7 +429,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
         double now = cli_now(), ips = (double)global_batch / (now - t0);
         double test_bpd = NAN;
         if (lead && o.eval_every && step % o.eval_every == 0) {
-            if (cli_eval_bpd(flow, test, o.eval_limit, 256, CF_DEQUANT_UNIFORM, 7, &test_bpd) != CF_OK) {
+            if (cf_flow_eval_bpd(flow, test, o.eval_limit, 256, CF_DEQUANT_UNIFORM, 7, &test_bpd) != CF_OK) {
                 fprintf(stderr, "\ncincflow train: evaluation: %s\n", cf_last_error());
                 status = 1;
                 break;

@@ -128,8 +128,8 @@ class Checkpoint:
             if fmt != "cincflow-checkpoint":
                 raise ModelError(f"{path}: not a cincflow checkpoint (format attribute '{fmt}')")
             self.format_version = attr_value(f.attrs.get("format_version", 0))
-            if self.format_version != 1:
-                raise ModelError(f"{path}: format version {self.format_version}, expected 1")
+            if self.format_version not in (1, 2):
+                raise ModelError(f"{path}: format version {self.format_version}, expected 1 or 2")
             self.step = attr_value(f.attrs.get("step", 0))
             if "config" not in f:
                 raise ModelError(f"{path}: no /config group")

@@ -3,8 +3,8 @@
  *
  * The file:
  *
- *   /                      attributes: format = "cincflow-checkpoint", format_version = 1
- *                          (int64), library_version = "0.1.0", step, epoch (int64), rng_state
+ *   /                      attributes: format = "cincflow-checkpoint", format_version = 2
+ *                          (int64), library_version, step, epoch (int64), rng_state
  *                          (uint64[4], the caller's cf_rng); when the caller passes a data
  *                          batcher's state: data_epoch, data_position (int64), data_rng_state
  *                          (uint64[4])
@@ -22,6 +22,14 @@
  *   /config                the caller's configuration as typed attributes (int64, double,
  *                          UTF-8 string), in the order set, and all of them once more as one
  *                          JSON object in the string attribute `json`
+ *   /arch                  when the meta has an architecture (cf_arch.h): attributes format
+ *                          ("cincflow-architecture"), version, input (int64[3], H W C),
+ *                          n_layers, and json (the whole architecture, cf_arch.h's form, which
+ *                          is what loading reads); the same as typed attributes for readers:
+ *   /arch/kinds/<kind>     attributes provider, summary, conventions (strings) of each kind
+ *   /arch/layers/<i>       i = 00000, 00001, ... in order: attributes name, kind, in, out
+ *                          (int64[3]); its group hparams holds one attribute per
+ *                          hyperparameter (int64, double, string, or bool as h5py's enum)
  *
  * In Python: f = h5py.File(path); f["params"]["levels.0.steps.3.conv.weight"][...] is a numpy
  * array; f["config"].attrs["levels"], json.loads(f["config"].attrs["json"]). Strings are
@@ -61,7 +69,7 @@ extern "C" {
 #endif
 
 #define CF_CHECKPOINT_FORMAT  "cincflow-checkpoint"
-#define CF_CHECKPOINT_VERSION 1
+#define CF_CHECKPOINT_VERSION 2 /* 2: /arch added; version 1 files (no /arch) still load */
 
 typedef enum cf_ckpt_type {
     CF_CKPT_TYPE_INT = 0,    /* int64 */
@@ -99,6 +107,11 @@ typedef struct cf_ckpt_meta {
     /* The configuration, in the order the keys were first set; owned by the meta. */
     int n_config;
     cf_ckpt_entry *config;
+
+    /* The architecture in cf_arch.h's JSON form, or NULL (a set of tensors without one):
+     * saved as /arch (set it with cf_ckpt_meta_set_arch), filled by load when the file has
+     * one. Owned by the meta. */
+    char *arch_json;
 } cf_ckpt_meta;
 
 /* Sets key to a value (replacing an earlier value of any type); strings and keys are copied.
@@ -114,6 +127,9 @@ const cf_ckpt_entry *cf_ckpt_meta_find(const cf_ckpt_meta *meta, const char *key
 cf_status cf_ckpt_meta_get_int(const cf_ckpt_meta *meta, const char *key, int64_t *value);
 cf_status cf_ckpt_meta_get_double(const cf_ckpt_meta *meta, const char *key, double *value);
 cf_status cf_ckpt_meta_get_string(const cf_ckpt_meta *meta, const char *key, const char **value);
+
+/* Sets the architecture's JSON (copied; NULL removes it). CF_ERR_NOMEM. */
+cf_status cf_ckpt_meta_set_arch(cf_ckpt_meta *meta, const char *json);
 
 /* Frees the configuration and zeroes the whole struct. */
 void cf_ckpt_meta_clear(cf_ckpt_meta *meta);

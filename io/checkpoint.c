@@ -19,6 +19,7 @@
  * Not here: compression or chunking (plain contiguous datasets keep the file simple for other
  * readers), partial loads, MPI.
  */
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <hdf5.h>
 #include <math.h>
@@ -149,6 +150,15 @@ cf_status cf_ckpt_meta_get_string(const cf_ckpt_meta *meta, const char *key, con
     return st;
 }
 
+cf_status cf_ckpt_meta_set_arch(cf_ckpt_meta *meta, const char *json)
+{
+    char *copy = NULL;
+    if (json && !(copy = strdup(json))) return cf_set_error(CF_ERR_NOMEM, "out of memory");
+    free(meta->arch_json);
+    meta->arch_json = copy;
+    return CF_OK;
+}
+
 void cf_ckpt_meta_clear(cf_ckpt_meta *meta)
 {
     if (!meta) return;
@@ -157,6 +167,7 @@ void cf_ckpt_meta_clear(cf_ckpt_meta *meta)
         free(meta->config[i].s);
     }
     free(meta->config);
+    free(meta->arch_json);
     memset(meta, 0, sizeof *meta);
 }
 
@@ -353,95 +364,44 @@ static cf_status write_group(const char *path, hid_t loc, const char *gname, con
     return st;
 }
 
-/* ---- JSON ------------------------------------------------------------------------------- */
+/* ---- JSON (libcjson) ---------------------------------------------------------------------- */
 
-typedef struct text {
-    char *s;
-    size_t len, cap;
-    bool failed; /* out of memory */
-} text;
-
-static void text_add(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void text_add(text *t, const char *fmt, ...)
+/* A double as the shortest text that reads back as the same value, always with a '.' or an
+ * exponent so a JSON reader keeps it a float (cJSON would print 3.0 as 3, and int64 values
+ * beyond 2^53 inexactly, so numbers go in as raw text); NaN and infinities as Python's json
+ * module writes them. */
+static cJSON *json_number(const cf_ckpt_entry *e)
 {
-    if (t->failed) return;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (t->len + (size_t)n + 1 > t->cap) {
-        size_t cap = t->cap ? t->cap : 256;
-        while (cap < t->len + (size_t)n + 1) cap *= 2;
-        char *grown = realloc(t->s, cap);
-        if (!grown) {
-            t->failed = true;
-            return;
+    char buf[48];
+    if (e->type == CF_CKPT_TYPE_INT) {
+        snprintf(buf, sizeof buf, "%lld", (long long)e->i);
+    } else if (!isfinite(e->d)) {
+        snprintf(buf, sizeof buf, "%s", isnan(e->d) ? "NaN" : e->d > 0 ? "Infinity" : "-Infinity");
+    } else {
+        for (int prec = 15; prec <= 17; prec++) {
+            snprintf(buf, sizeof buf, "%.*g", prec, e->d);
+            if (strtod(buf, NULL) == e->d) break;
         }
-        t->s = grown;
-        t->cap = cap;
+        if (!strpbrk(buf, ".e")) strcat(buf, ".0");
     }
-    va_start(ap, fmt);
-    vsnprintf(t->s + t->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    t->len += (size_t)n;
-}
-
-static void json_string(text *t, const char *s)
-{
-    text_add(t, "\"");
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            text_add(t, "\\%c", *p);
-        else if (*p == '\n')
-            text_add(t, "\\n");
-        else if (*p == '\t')
-            text_add(t, "\\t");
-        else if (*p < 0x20 || *p == 0x7f)
-            text_add(t, "\\u%04x", *p);
-        else
-            text_add(t, "%c", *p);
-    }
-    text_add(t, "\"");
-}
-
-/* The shortest form that reads back as the same double, always with a '.' or an exponent so
- * a JSON reader keeps it a float; NaN and infinities as Python's json module writes them. */
-static void json_double(text *t, double v)
-{
-    if (!isfinite(v)) {
-        text_add(t, "%s", isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity");
-        return;
-    }
-    char buf[40];
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v) break;
-    }
-    text_add(t, "%s%s", buf, strpbrk(buf, ".e") ? "" : ".0");
+    return cJSON_CreateRaw(buf);
 }
 
 static char *config_json(const cf_ckpt_meta *meta)
 {
-    text t = {0};
-    text_add(&t, "{");
-    for (int i = 0; meta && i < meta->n_config; i++) {
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 0; o && meta && i < meta->n_config; i++) {
         const cf_ckpt_entry *e = &meta->config[i];
-        text_add(&t, i ? ", " : "");
-        json_string(&t, e->key);
-        text_add(&t, ": ");
-        if (e->type == CF_CKPT_TYPE_INT)
-            text_add(&t, "%lld", (long long)e->i);
-        else if (e->type == CF_CKPT_TYPE_DOUBLE)
-            json_double(&t, e->d);
-        else
-            json_string(&t, e->s);
+        cJSON *v = e->type == CF_CKPT_TYPE_STRING ? cJSON_CreateString(e->s) : json_number(e);
+        if (!v || !cJSON_AddItemToObject(o, e->key, v)) {
+            cJSON_Delete(v);
+            cJSON_Delete(o);
+            return NULL;
+        }
     }
-    text_add(&t, "}");
-    if (t.failed) {
-        free(t.s);
-        return NULL;
-    }
-    return t.s;
+    char *text = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return text;
 }
 
 /* ---- saving ----------------------------------------------------------------------------- */
@@ -511,6 +471,128 @@ static cf_status write_config(const char *path, hid_t file, const cf_ckpt_meta *
     return st;
 }
 
+/* A bool as h5py writes one: an enum of int8 with FALSE = 0 and TRUE = 1. */
+static cf_status write_bool(const char *path, hid_t loc, const char *where, const char *name,
+                            bool v)
+{
+    hid_t t = H5Tenum_create(H5T_NATIVE_INT8);
+    int8_t f = 0, tr = 1, value = v ? 1 : 0;
+    if (t < 0 || H5Tenum_insert(t, "FALSE", &f) < 0 || H5Tenum_insert(t, "TRUE", &tr) < 0) {
+        close_id(t, H5Tclose);
+        return h5_fail(CF_ERR_IO, "%s: cannot make a bool type", path);
+    }
+    cf_status st = write_attr(path, loc, where, name, t, t, 0, 1, &value);
+    H5Tclose(t);
+    return st;
+}
+
+static cf_status write_shape(const char *path, hid_t loc, const char *where, const char *name,
+                             const cJSON *arr)
+{
+    int64_t v[3] = {0, 0, 0};
+    for (int d = 0; d < 3; d++) {
+        const cJSON *x = cJSON_GetArrayItem(arr, d);
+        v[d] = cJSON_IsNumber(x) ? (int64_t)x->valuedouble : 0;
+    }
+    return write_attr(path, loc, where, name, H5T_STD_I64LE, H5T_NATIVE_INT64, 1, 3, v);
+}
+
+static cf_status write_strings(const char *path, hid_t g, const char *where, const cJSON *o,
+                               const char *const *keys, int n)
+{
+    cf_status st = CF_OK;
+    for (int k = 0; k < n && st == CF_OK; k++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, keys[k]);
+        if (cJSON_IsString(v)) st = write_str(path, g, where, keys[k], v->valuestring);
+    }
+    return st;
+}
+
+/* /arch: the architecture's JSON (what loading reads), and the same as typed attributes. */
+static cf_status write_arch(const char *path, hid_t file, const char *json)
+{
+    cJSON *root = cJSON_Parse(json);
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
+    const cJSON *kinds = cJSON_GetObjectItemCaseSensitive(root, "kinds");
+    if (!cJSON_IsArray(layers)) {
+        cJSON_Delete(root);
+        return cf_set_error(CF_ERR_ARG, "%s: the architecture to save is not an architecture's "
+                            "JSON (cf_arch_to_json)", path);
+    }
+    hid_t g = make_group(file, "arch", true), gl = -1, gk = -1;
+    cf_status st = g < 0 ? h5_fail(CF_ERR_IO, "%s: cannot create group /arch", path) : CF_OK;
+    const char *w = "/arch";
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
+    if (st == CF_OK && cJSON_IsString(fmt)) st = write_str(path, g, w, "format", fmt->valuestring);
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(root, "version");
+    if (st == CF_OK && cJSON_IsNumber(ver))
+        st = write_i64(path, g, w, "version", (int64_t)ver->valuedouble);
+    if (st == CF_OK)
+        st = write_shape(path, g, w, "input", cJSON_GetObjectItemCaseSensitive(root, "input"));
+    if (st == CF_OK) st = write_i64(path, g, w, "n_layers", cJSON_GetArraySize(layers));
+    if (st == CF_OK) st = write_str(path, g, w, "json", json);
+    if (st == CF_OK && (gk = make_group(g, "kinds", true)) < 0)
+        st = h5_fail(CF_ERR_IO, "%s: cannot create group /arch/kinds", path);
+    const cJSON *k;
+    static const char *const kind_keys[] = {"provider", "summary", "conventions"};
+    cJSON_ArrayForEach(k, kinds)
+    {
+        if (st != CF_OK) break;
+        hid_t gi = make_group(gk, k->string, true);
+        if (gi < 0) {
+            st = h5_fail(CF_ERR_IO, "%s: cannot create group /arch/kinds/%s", path, k->string);
+            break;
+        }
+        st = write_strings(path, gi, "/arch/kinds/...", k, kind_keys, 3);
+        H5Gclose(gi);
+    }
+    if (st == CF_OK && (gl = make_group(g, "layers", true)) < 0)
+        st = h5_fail(CF_ERR_IO, "%s: cannot create group /arch/layers", path);
+    const cJSON *l;
+    int idx = 0;
+    static const char *const layer_keys[] = {"name", "kind"};
+    cJSON_ArrayForEach(l, layers)
+    {
+        if (st != CF_OK) break;
+        char name[16];
+        snprintf(name, sizeof name, "%05d", idx++);
+        hid_t gi = make_group(gl, name, true), gh = -1;
+        if (gi < 0) {
+            st = h5_fail(CF_ERR_IO, "%s: cannot create group /arch/layers/%s", path, name);
+            break;
+        }
+        const char *wl = "/arch/layers/...";
+        st = write_strings(path, gi, wl, l, layer_keys, 2);
+        const cJSON *in = cJSON_GetObjectItemCaseSensitive(l, "in");
+        const cJSON *out = cJSON_GetObjectItemCaseSensitive(l, "out");
+        if (st == CF_OK && in) st = write_shape(path, gi, wl, "in", in);
+        if (st == CF_OK && out) st = write_shape(path, gi, wl, "out", out);
+        if (st == CF_OK && (gh = make_group(gi, "hparams", true)) < 0)
+            st = h5_fail(CF_ERR_IO, "%s: cannot create group /arch/layers/%s/hparams", path, name);
+        const cJSON *h;
+        cJSON_ArrayForEach(h, cJSON_GetObjectItemCaseSensitive(l, "hparams"))
+        {
+            if (st != CF_OK) break;
+            double d = cJSON_IsNumber(h) ? h->valuedouble : 0;
+            if (cJSON_IsBool(h))
+                st = write_bool(path, gh, wl, h->string, cJSON_IsTrue(h));
+            else if (cJSON_IsString(h))
+                st = write_str(path, gh, wl, h->string, h->valuestring);
+            else if (cJSON_IsNumber(h) && d == floor(d) && fabs(d) < 9.2e18)
+                st = write_i64(path, gh, wl, h->string, (int64_t)d);
+            else if (cJSON_IsNumber(h))
+                st = write_f64(path, gh, wl, h->string, d);
+        }
+        close_id(gh, H5Gclose);
+        H5Gclose(gi);
+    }
+    close_id(gl, H5Gclose);
+    close_id(gk, H5Gclose);
+    close_id(g, H5Gclose);
+    cJSON_Delete(root);
+    return st;
+}
+
 /* Everything that can be refused before a file is created. */
 static cf_status check_before_save(const char *path, const cf_params *ps, const cf_ckpt_meta *meta)
 {
@@ -551,7 +633,8 @@ static cf_status build_image(const char *path, const cf_params *ps, const cf_ada
     *size = 0;
     cf_status st = CF_OK;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (fapl < 0 || H5Pset_fapl_core(fapl, estimate_size(ps, opt != NULL), 0) < 0)
+    size_t guess = estimate_size(ps, opt != NULL) + (meta->arch_json ? 4 * strlen(meta->arch_json) : 0);
+    if (fapl < 0 || H5Pset_fapl_core(fapl, guess, 0) < 0)
         st = h5_fail(CF_ERR_IO, "%s: cannot set up an HDF5 file in memory", path);
     hid_t file = st == CF_OK ? H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : -1;
     if (st == CF_OK && file < 0)
@@ -561,6 +644,7 @@ static cf_status build_image(const char *path, const cf_params *ps, const cf_ada
     if (st == CF_OK) st = write_group(path, file, "state", "state", ps, true, NULL);
     if (st == CF_OK && opt) st = write_optimizer(path, file, ps, opt);
     if (st == CF_OK) st = write_config(path, file, meta);
+    if (st == CF_OK && meta->arch_json) st = write_arch(path, file, meta->arch_json);
     if (st == CF_OK && H5Fflush(file, H5F_SCOPE_GLOBAL) < 0)
         st = h5_fail(CF_ERR_IO, "%s: cannot finish the HDF5 file in memory", path);
     ssize_t n = st == CF_OK ? H5Fget_file_image(file, NULL, 0) : -1;
@@ -833,10 +917,10 @@ static cf_status read_meta(const char *path, hid_t file, cf_ckpt_meta *m)
     const char *w = "the file";
     int64_t version = 0;
     cf_status st = read_i64(path, file, w, "format_version", &version);
-    if (st == CF_OK && version != CF_CHECKPOINT_VERSION)
+    if (st == CF_OK && (version < 1 || version > CF_CHECKPOINT_VERSION))
         st = cf_set_error(CF_ERR_FORMAT,
                           "%s: checkpoint format version %lld; this library "
-                          "reads version %d",
+                          "reads versions 1 to %d",
                           path, (long long)version, CF_CHECKPOINT_VERSION);
     m->format_version = version;
     char *lib = NULL;
@@ -859,6 +943,16 @@ static cf_status read_meta(const char *path, hid_t file, cf_ckpt_meta *m)
     if (st == CF_ERR_NOT_FOUND) st = CF_ERR_FORMAT; /* a required attribute is missing */
     if (st == CF_OK) st = read_optimizer_meta(path, file, m);
     if (st == CF_OK) st = read_config_group(path, file, m);
+    if (st == CF_OK) {
+        htri_t has = H5Lexists(file, "arch", H5P_DEFAULT);
+        hid_t g = has > 0 ? H5Gopen2(file, "arch", H5P_DEFAULT) : -1;
+        if (has < 0 || (has > 0 && g < 0))
+            st = h5_fail(CF_ERR_FORMAT, "%s: cannot open /arch", path);
+        else if (g >= 0)
+            st = read_str(path, g, "/arch", "json", &m->arch_json);
+        if (st == CF_ERR_NOT_FOUND) st = CF_ERR_FORMAT;
+        close_id(g, H5Gclose);
+    }
     return st;
 }
 

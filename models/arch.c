@@ -238,18 +238,20 @@ static cJSON *shape_json(const int64_t s[3])
 char *cf_arch_to_json(const cf_arch *a)
 {
     cJSON *root = cJSON_CreateObject();
-    cJSON *layers = root ? cJSON_CreateArray() : NULL;
+    cJSON *kinds = root ? cJSON_CreateObject() : NULL;
+    cJSON *layers = kinds ? cJSON_CreateArray() : NULL;
     if (!layers) {
         cJSON_Delete(root);
+        cJSON_Delete(kinds);
         return NULL;
     }
     cJSON_AddStringToObject(root, "format", CF_ARCH_FORMAT);
     cJSON_AddNumberToObject(root, "version", CF_ARCH_VERSION);
     cJSON_AddItemToObject(root, "input", shape_json(a->shape));
+    cJSON_AddItemToObject(root, "kinds", kinds);
     cJSON_AddItemToObject(root, "layers", layers);
     for (int i = 0; i < a->n_layers; i++) {
         const cf_arch_layer *al = &a->layers[i];
-        const cf_layer_kind *k = cf_layer_kind_find(al->kind);
         cJSON *o = cJSON_CreateObject(), *hp = cJSON_CreateObject();
         if (!o || !hp) {
             cJSON_Delete(o), cJSON_Delete(hp), cJSON_Delete(root);
@@ -272,12 +274,23 @@ char *cf_arch_to_json(const cf_arch *a)
             cJSON_AddItemToObject(o, "in", shape_json(al->in));
             cJSON_AddItemToObject(o, "out", shape_json(al->out));
         }
+        /* Each kind once: where it comes from and what a reader needs to redo it. */
+        if (cJSON_GetObjectItemCaseSensitive(kinds, al->kind)) continue;
+        const cf_layer_kind *k = cf_layer_kind_find(al->kind);
         const char *provider = al->provider[0] ? al->provider
                                : k             ? (k->provider ? k->provider : "cincflow")
                                                : NULL;
-        if (provider) cJSON_AddStringToObject(o, "provider", provider);
-        if (k && k->summary) cJSON_AddStringToObject(o, "summary", k->summary);
-        if (k && k->conventions) cJSON_AddStringToObject(o, "conventions", k->conventions);
+        cJSON *ko = cJSON_AddObjectToObject(kinds, al->kind);
+        if (!ko) continue;
+        if (provider) cJSON_AddStringToObject(ko, "provider", provider);
+        if (k && k->summary) cJSON_AddStringToObject(ko, "summary", k->summary);
+        if (k && k->conventions) cJSON_AddStringToObject(ko, "conventions", k->conventions);
+        if (k && k->n_hparams) {
+            cJSON *docs = cJSON_AddObjectToObject(ko, "hparams");
+            for (int j = 0; docs && j < k->n_hparams; j++)
+                if (k->hparams[j].doc)
+                    cJSON_AddStringToObject(docs, k->hparams[j].key, k->hparams[j].doc);
+        }
     }
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
@@ -403,6 +416,9 @@ cf_arch *cf_arch_from_json(const char *text, const char *source)
                 al->has_shapes = true;
             }
             const cJSON *prov = cJSON_GetObjectItemCaseSensitive(o, "provider");
+            const cJSON *kinfo = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(root, "kinds"), al->kind);
+            if (!cJSON_IsString(prov)) prov = cJSON_GetObjectItemCaseSensitive(kinfo, "provider");
             if (cJSON_IsString(prov))
                 snprintf(al->provider, sizeof al->provider, "%s", prov->valuestring);
             idx++;

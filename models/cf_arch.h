@@ -19,16 +19,18 @@
  *
  *   {"format": "cincflow-architecture", "version": 1,
  *    "input": [H, W, C],
+ *    "kinds": {"squeeze": {"provider": "cincflow", "summary": "...", "conventions": "...",
+ *                          "hparams": {"key": "what it means"}}, ...},
  *    "layers": [{"name": "levels.0.squeeze", "kind": "squeeze", "hparams": {},
- *                "in": [28, 28, 1], "out": [14, 14, 4],
- *                "provider": "cincflow", "summary": "...", "conventions": "..."}, ...]}
+ *                "in": [28, 28, 1], "out": [14, 14, 4]}, ...]}
  *
- * name, kind and hparams define the layer; "in" and "out" (the shapes of one image, H W C) are
- * checked against the built flow when present; "provider" (the library, or the plugin that
- * registered the kind), "summary" and "conventions" (what a reader needs to redo the layer's
- * math: mask directions, channel orders, which half is kept) are for readers and for the
- * message when a kind is missing. Hyperparameter values are JSON numbers (an integral number
- * is an int), strings or booleans.
+ * name, kind and hparams define a layer; "in" and "out" (the shapes of one image, H W C) are
+ * checked against the built flow when present. "kinds" describes each kind used, once: its
+ * provider (the library, or the plugin that registered it), a summary, and the conventions a
+ * reader needs to redo its math without this library (mask directions, channel orders, which
+ * half is kept); it is for readers and for the message when a kind is missing, and is
+ * optional in files given to cf_arch_from_json. Hyperparameter values are JSON numbers (an
+ * integral number is an int), strings or booleans.
  *
  * Not here: the built-in model's settings (cf_flow_config in cf_flow.h, whose cf_arch_builtin
  * gives the list), reading and writing checkpoints (cf_flow_file.h).

@@ -61,5 +61,6 @@
 #include "cf_data.h"
 #include "cf_image.h"
 #include "cf_checkpoint.h"
+#include "cf_flow_file.h"
 
 #endif

@@ -25,7 +25,7 @@ def main():
         subprocess.run([sys.argv[1], "--write-checkpoint", path], check=True)
         with h5py.File(path, "r") as f:
             assert f.attrs["format"] == "cincflow-checkpoint", f.attrs["format"]
-            assert int(f.attrs["format_version"]) == 1
+            assert int(f.attrs["format_version"]) == 2
             assert int(f.attrs["step"]) == 7
             assert len(f.attrs["rng_state"]) == 4
             w = f["params"]["levels.0.conv.weight"]

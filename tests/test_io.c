@@ -1214,9 +1214,9 @@ static void fill_meta(cf_ckpt_meta *m)
 }
 
 static const char *expected_json =
-    "{\"levels\": 2, \"lr\": 0.001, \"coupling\": \"quad\", "
-    "\"note\": \"say \\\"hi\\\"\\n\\tback\\\\slash\", \"big\": -1099511627776, "
-    "\"tiny\": -2.5e-300, \"whole\": 3.0}";
+    "{\"levels\":2,\"lr\":0.001,\"coupling\":\"quad\","
+    "\"note\":\"say \\\"hi\\\"\\n\\tback\\\\slash\",\"big\":-1099511627776,"
+    "\"tiny\":-2.5e-300,\"whole\":3.0}";
 
 static void expect_same_tensors(cf_params *a, cf_params *b)
 {
@@ -1386,7 +1386,7 @@ START_TEST(test_checkpoint_layout)
     s = h5_string_attr(f, "library_version");
     ck_assert_str_eq(s, CF_VERSION_STRING);
     free(s);
-    ck_assert_int_eq(h5_int_attr(f, "format_version"), 1);
+    ck_assert_int_eq(h5_int_attr(f, "format_version"), CF_CHECKPOINT_VERSION);
     ck_assert_int_eq(h5_int_attr(f, "step"), 42);
     ck_assert_int_eq(h5_int_attr(f, "epoch"), 3);
     uint64_t words[4];
@@ -1557,11 +1557,13 @@ START_TEST(test_checkpoint_bad_files)
     ck_assert_int_eq(cf_checkpoint_save(newer, good, NULL, NULL), CF_OK);
     f = H5Fopen(newer, H5F_ACC_RDWR, H5P_DEFAULT);
     hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
-    int64_t two = 2;
-    H5Awrite(a, H5T_NATIVE_INT64, &two);
+    int64_t next = CF_CHECKPOINT_VERSION + 1;
+    H5Awrite(a, H5T_NATIVE_INT64, &next);
     H5Aclose(a);
     H5Fclose(f);
-    expect_failure(cf_checkpoint_load(newer, ps, NULL, NULL), "format version 2");
+    char expected[64];
+    snprintf(expected, sizeof expected, "format version %d", CF_CHECKPOINT_VERSION + 1);
+    expect_failure(cf_checkpoint_load(newer, ps, NULL, NULL), expected);
 
     /* Truncated copies of a good checkpoint, cut at several places. */
     const char *good_path = tpath("good.h5");
