@@ -6,7 +6,8 @@
  *       One line per op, then "N passed, N failed"; exit status 1 if any failed.
  *   cincflow train | eval | sample | interpolate | manipulate   (cli_train.c, cli_eval.c)
  *   cincflow arch | info   a model's architecture as JSON, its layers and size (cli_arch.c)
- *   cincflow ops      lists the registered ops.
+ *   cincflow ops      lists the registered ops; `kinds` the registered layer kinds.
+ *   --plugin FILE.so  on every command, repeatable: loads a plugin first (cf_plugin.h).
  *   cincflow version  prints the version.
  *
  * Exit status: 0 success, 1 a check failed, 2 bad usage.
@@ -45,7 +46,10 @@ static int usage(FILE *f)
                "  bench <conv|inverse|train|sample> [--json] [--threads N]  benchmarks (see "
                "BENCHMARKS.md)\n"
                "  ops                                         list the registered ops\n"
-               "  version                                     print the version\n");
+               "  kinds                                       list the registered layer kinds\n"
+               "  version                                     print the version\n"
+               "every command also takes --plugin FILE.so (repeatable): a plugin's ops and layer "
+               "kinds\n");
     return f == stderr ? 2 : 0;
 }
 
@@ -136,6 +140,19 @@ static int cmd_gradcheck(int argc, char **argv)
     return failed ? 1 : 0;
 }
 
+static int cmd_kinds(void)
+{
+    for (int i = 0; i < cf_layer_kind_count(); i++) {
+        const cf_layer_kind *k = cf_layer_kind_at(i);
+        printf("%-18s %-10s %s\n", k->name, cf_layer_kind_provider(k), k->summary ? k->summary : "");
+        for (int j = 0; j < k->n_hparams; j++) {
+            const cf_hparam_spec *h = &k->hparams[j];
+            printf("    %-14s %s\n", h->key, h->doc ? h->doc : "");
+        }
+    }
+    return 0;
+}
+
 static int cmd_ops(void)
 {
     for (int i = 0; i < cf_op_count(); i++) {
@@ -145,9 +162,36 @@ static int cmd_ops(void)
     return 0;
 }
 
+/* Loads every `--plugin FILE` of argv (anywhere after the command) and takes them out of it,
+ * so that every command takes --plugin, as often as needed. Returns false after printing the
+ * error (exit status 1: the plugin could not be loaded). */
+static bool load_plugins(int *argc, char **argv)
+{
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        if (i >= 2 && strcmp(argv[i], "--plugin") == 0) {
+            if (i + 1 >= *argc) {
+                fprintf(stderr, "cincflow %s: --plugin expects a file\n", argv[1]);
+                exit(2);
+            }
+            if (cf_plugin_load(argv[i + 1]) != CF_OK) {
+                fprintf(stderr, "cincflow %s: --plugin %s\n", argv[1], cf_last_error());
+                return false;
+            }
+            i++;
+            continue;
+        }
+        argv[out++] = argv[i];
+    }
+    *argc = out;
+    argv[out] = NULL;
+    return true;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) return usage(stderr);
+    if (!load_plugins(&argc, argv)) return 1;
     const char *cmd = argv[1];
     if (strcmp(cmd, "gradcheck") == 0) return cmd_gradcheck(argc - 2, argv + 2);
     if (strcmp(cmd, "info") == 0) return cli_info(argc - 2, argv + 2);
@@ -159,6 +203,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "manipulate") == 0) return cli_manipulate(argc - 2, argv + 2);
     if (strcmp(cmd, "bench") == 0) return cf_bench_main(argc - 2, argv + 2);
     if (strcmp(cmd, "ops") == 0) return cmd_ops();
+    if (strcmp(cmd, "kinds") == 0) return cmd_kinds();
     if (strcmp(cmd, "version") == 0) {
         printf("cincflow %s\n", CF_VERSION_STRING);
         return 0;

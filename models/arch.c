@@ -9,6 +9,7 @@
 
 #include "cf_arch.h"
 #include "cf_models_impl.h"
+#include "cf_plugin.h"
 
 cf_arch *cf_arch_new(const int64_t shape[3])
 {
@@ -169,8 +170,7 @@ cf_arch *cf_flow_arch(const cf_flow *flow)
             cf_arch_free(a);
             return NULL;
         }
-        snprintf(al->provider, sizeof al->provider, "%s",
-                 l->kind->provider ? l->kind->provider : "cincflow");
+        snprintf(al->provider, sizeof al->provider, "%s", cf_layer_kind_provider(l->kind));
         al->has_shapes = true;
         memcpy(al->in, l->in_shape, sizeof al->in);
         memcpy(al->out, l->out_shape, sizeof al->out);
@@ -278,7 +278,7 @@ char *cf_arch_to_json(const cf_arch *a)
         if (cJSON_GetObjectItemCaseSensitive(kinds, al->kind)) continue;
         const cf_layer_kind *k = cf_layer_kind_find(al->kind);
         const char *provider = al->provider[0] ? al->provider
-                               : k             ? (k->provider ? k->provider : "cincflow")
+                               : k             ? cf_layer_kind_provider(k)
                                                : NULL;
         cJSON *ko = cJSON_AddObjectToObject(kinds, al->kind);
         if (!ko) continue;

@@ -10,6 +10,7 @@
 
 #include "cf_layer_list.h"
 #include "cf_models_impl.h"
+#include "cf_plugin.h"
 
 /* ---- hyperparameter records --------------------------------------------------------------- */
 
@@ -246,7 +247,10 @@ cf_status cf_layer_inverse(cf_layer *layer, cf_ctx *ctx, cf_flow_io *io)
 
 #define MAX_KINDS 256
 static const cf_layer_kind *kinds[MAX_KINDS];
+static const char *providers[MAX_KINDS]; /* the plugin that registered it, or NULL */
 static int n_kinds;
+/* Set by cf_plugin_load while a plugin's init runs (plugin.c). */
+const char *cf__registering_plugin;
 static pthread_mutex_t kinds_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t builtins_once = PTHREAD_ONCE_INIT;
 
@@ -319,6 +323,7 @@ static cf_status register_locked(const cf_layer_kind *k)
     if (n_kinds >= MAX_KINDS)
         return cf_set_error(CF_ERR_NOMEM, "cf_layer_kind_register: the registry is full (%d "
                             "kinds)", MAX_KINDS);
+    providers[n_kinds] = cf__registering_plugin;
     kinds[n_kinds++] = k;
     return CF_OK;
 }
@@ -374,6 +379,18 @@ const cf_layer_kind *cf_layer_kind_at(int i)
     const cf_layer_kind *k = i >= 0 && i < n_kinds ? kinds[i] : NULL;
     pthread_mutex_unlock(&kinds_lock);
     return k;
+}
+
+const char *cf_layer_kind_provider(const cf_layer_kind *kind)
+{
+    if (!kind) return "cincflow";
+    if (kind->provider) return kind->provider;
+    pthread_mutex_lock(&kinds_lock);
+    const char *p = NULL;
+    for (int i = 0; i < n_kinds && !p; i++)
+        if (kinds[i] == kind) p = providers[i];
+    pthread_mutex_unlock(&kinds_lock);
+    return p ? p : "cincflow";
 }
 
 const cf_layer_kind *cf_layer_kind_for_choice(const char *role, const char *choice)
