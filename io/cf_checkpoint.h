@@ -4,8 +4,8 @@
  * The file:
  *
  *   /                      attributes: format = "cincflow-checkpoint", format_version = 2
- *                          (int64), library_version, step, epoch (int64), rng_state
- *                          (uint64[4], the caller's cf_rng); when the caller passes a data
+ *                          (int64), library_version, step, epoch (int64); rng_state
+ *                          (uint64[4]) when the caller saves a cf_rng; when the caller passes a data
  *                          batcher's state: data_epoch, data_position (int64), data_rng_state
  *                          (uint64[4])
  *   /params/<dotted.name>  one dataset per trainable parameter, float32 for an f32 set (float64
@@ -92,7 +92,9 @@ typedef struct cf_ckpt_entry {
 typedef struct cf_ckpt_meta {
     int64_t step;  /* training steps done */
     int64_t epoch; /* epochs done (the caller's count) */
-    cf_rng rng;    /* the caller's generator (weight init, sampling, ...) */
+    bool has_rng;  /* a generator of the caller's to keep: */
+    cf_rng rng;    /*   its state (rng_state; without has_rng none is written, and load
+                    *   leaves has_rng false for a file without one) */
     bool has_data_state;
     cf_batcher_state data_state; /* the batcher's, when has_data_state */
 

@@ -414,7 +414,7 @@ static cf_status write_root(const char *path, hid_t file, const cf_ckpt_meta *me
     if (st == CF_OK) st = write_str(path, file, w, "library_version", CF_VERSION_STRING);
     if (st == CF_OK) st = write_i64(path, file, w, "step", meta->step);
     if (st == CF_OK) st = write_i64(path, file, w, "epoch", meta->epoch);
-    if (st == CF_OK) st = write_u64s(path, file, w, "rng_state", meta->rng.s, 4);
+    if (st == CF_OK && meta->has_rng) st = write_u64s(path, file, w, "rng_state", meta->rng.s, 4);
     if (st == CF_OK && meta->has_data_state) {
         const cf_batcher_state *d = &meta->data_state;
         st = write_i64(path, file, w, "data_epoch", d->epoch);
@@ -929,7 +929,12 @@ static cf_status read_meta(const char *path, hid_t file, cf_ckpt_meta *m)
     free(lib);
     if (st == CF_OK) st = read_i64(path, file, w, "step", &m->step);
     if (st == CF_OK) st = read_i64(path, file, w, "epoch", &m->epoch);
-    if (st == CF_OK) st = read_u64x4(path, file, w, "rng_state", m->rng.s);
+    if (st == CF_OK) {
+        htri_t has = H5Aexists(file, "rng_state");
+        if (has < 0) st = h5_fail(CF_ERR_FORMAT, "%s: cannot read the root attributes", path);
+        if (has > 0) st = read_u64x4(path, file, w, "rng_state", m->rng.s);
+        m->has_rng = has > 0 && st == CF_OK;
+    }
     if (st == CF_OK) {
         htri_t has = H5Aexists(file, "data_epoch");
         if (has < 0) st = h5_fail(CF_ERR_FORMAT, "%s: cannot read the root attributes", path);

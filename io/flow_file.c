@@ -79,7 +79,7 @@ cf_status cf_flow_save(const char *path, const cf_flow *flow, const cf_adam *opt
     cf_ckpt_meta m = {0};
     const cf_ckpt_meta none = {0};
     const cf_ckpt_meta *in = meta_in ? meta_in : &none;
-    m.step = in->step, m.epoch = in->epoch, m.rng = in->rng;
+    m.step = in->step, m.epoch = in->epoch, m.rng = in->rng, m.has_rng = in->has_rng;
     m.has_data_state = in->has_data_state, m.data_state = in->data_state;
     cf_status st = CF_OK;
     for (int i = 0; i < in->n_config && st == CF_OK; i++) {

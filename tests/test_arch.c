@@ -450,6 +450,7 @@ START_TEST(test_flow_save_load_custom_arch)
     cf_flow *back = cf_flow_load(path, CF_F32, &got);
     ck_assert_msg(back != NULL, "%s", cf_last_error());
     ck_assert_int_eq(got.step, 17);
+    ck_assert(!got.has_rng); /* none was given, so no rng_state was written */
     ck_assert_int_eq(got.format_version, CF_CHECKPOINT_VERSION);
     ck_assert_ptr_nonnull(got.arch_json);
     ck_assert_ptr_nonnull(strstr(got.arch_json, "test_arch_plugin"));
@@ -485,7 +486,9 @@ START_TEST(test_flow_load_builtin_and_optimizer)
                                                                        .lr = 3e-4});
     ck_assert_ptr_nonnull(opt);
     const char *path = tpath("builtin.h5");
-    ck_assert_msg(cf_flow_save(path, flow, opt, NULL) == CF_OK, "%s", cf_last_error());
+    cf_ckpt_meta saved = {.has_rng = true};
+    cf_rng_seed(&saved.rng, 77, 2);
+    ck_assert_msg(cf_flow_save(path, flow, opt, &saved) == CF_OK, "%s", cf_last_error());
     cf_ckpt_meta m = {0};
     cf_flow *back = cf_flow_load(path, CF_F32, &m);
     ck_assert_msg(back != NULL, "%s", cf_last_error());
@@ -497,6 +500,8 @@ START_TEST(test_flow_load_builtin_and_optimizer)
     ck_assert_int_eq(c->hidden, 8);
     assert_same_tensors(cf_flow_params(flow), cf_flow_params(back));
     ck_assert(m.has_optimizer);
+    ck_assert(m.has_rng);
+    ck_assert_int_eq(memcmp(m.rng.s, saved.rng.s, sizeof m.rng.s), 0);
     cf_adam *opt2 = cf_flow_load_optimizer(path, back);
     ck_assert_msg(opt2 != NULL, "%s", cf_last_error());
     ck_assert_int_eq(cf_adam_options(opt2)->kind, CF_OPTIM_KIND_ADAMW);

@@ -1200,6 +1200,7 @@ static void fill_meta(cf_ckpt_meta *m)
 {
     *m = (cf_ckpt_meta){.step = 42, .epoch = 3};
     cf_rng_seed(&m->rng, 1234, 5);
+    m->has_rng = true;
     m->has_data_state = true;
     m->data_state.epoch = 2;
     m->data_state.position = 64;
@@ -1796,7 +1797,8 @@ static int write_known_checkpoint(const char *path)
     cf_tensor *w = cf_params_add(ps, "levels.0.conv.weight", 4, (int64_t[]){3, 3, 2, 2});
     for (int64_t i = 0; i < w->numel; i++) cf_tensor_set(w, i, 0.25 * (double)i);
     cf_params_add_state(ps, "levels.0.actnorm.initialized", 1, (int64_t[]){1});
-    cf_ckpt_meta meta = {.step = 7};
+    cf_ckpt_meta meta = {.step = 7, .has_rng = true};
+    cf_rng_seed(&meta.rng, 3, 1);
     cf_ckpt_meta_set_int(&meta, "levels", 2);
     cf_ckpt_meta_set_string(&meta, "coupling", "quad");
     cf_status st = cf_checkpoint_save(path, ps, NULL, &meta);
