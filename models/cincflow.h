@@ -55,6 +55,7 @@
 #include "cf_ops.h"
 #include "cf_conv.h"
 #include "cf_flow.h"
+#include "cf_check.h"
 #include "cf_optim.h"
 #include "cf_data.h"
 #include "cf_image.h"
