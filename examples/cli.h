@@ -87,5 +87,6 @@ int cli_eval(int argc, char **argv);
 int cli_sample(int argc, char **argv);
 int cli_interpolate(int argc, char **argv);
 int cli_manipulate(int argc, char **argv);
+int cli_check(int argc, char **argv); /* cli_check.c */
 
 #endif

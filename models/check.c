@@ -426,8 +426,13 @@ static void check_grad(checker *c)
         if (!(res.max_abs_err <= r->grad_err)) r->grad_err = res.max_abs_err;
         if (st != CF_OK) {
             /* res.message says "input 0 element k: ..."; name the tensor instead. */
-            const char *m = res.message, *colon = strncmp(m, "input 0 ", 8) == 0 ? m + 8 : m;
-            fail(r, CF_CHECK_GRAD, "%s %s", i == 0 ? "the input" : t->name, colon);
+            const char *m = res.message, *what = i == 0 ? "the input" : t->name;
+            if (strstr(m, "degenerate"))
+                fail(r, CF_CHECK_GRAD, "%s: backward and finite differences are both zero "
+                     "everywhere, so nothing was checked (a zero-initialised layer left "
+                     "unperturbed, or a tensor without effect on the outputs)", what);
+            else
+                fail(r, CF_CHECK_GRAD, "%s %s", what, strncmp(m, "input 0 ", 8) == 0 ? m + 8 : m);
             return;
         }
     }
@@ -512,7 +517,7 @@ void cf_check_print(const cf_layer *layer, const cf_check_result *r, FILE *out)
     if (!(r->skipped & CF_CHECK_ROUNDTRIP)) snprintf(rt, sizeof rt, "%.1e", r->roundtrip_err);
     if (!(r->skipped & CF_CHECK_LOGDET)) snprintf(ld, sizeof ld, "%.1e", r->logdet_err);
     if (!(r->skipped & CF_CHECK_GRAD)) snprintf(gr, sizeof gr, "%.1e", r->grad_err);
-    fprintf(out, "%s %-36s %-14s roundtrip %-8s logdet %-8s grad %-8s", r->passed ? "PASS" : "FAIL",
+    fprintf(out, "%s %-36s %-15s roundtrip %-8s logdet %-8s grad %-8s", r->passed ? "PASS" : "FAIL",
             layer->name, layer->vt->kind, rt, ld, gr);
     if (r->grad_directional) fprintf(out, " (%d tensors along directions)", r->grad_directional);
     if (!r->passed) fprintf(out, " %s", r->message);
