@@ -14,6 +14,7 @@
  */
 #include <math.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,7 +64,8 @@ static bool save_layer(const cf_layer *l, saved_layer *s)
     }
     k = 0;
     for (int i = 0; i < l->n_state; i++)
-        for (int64_t e = 0; e < l->state[i]->numel; e++) s->state[k++] = cf_tensor_get(l->state[i], e);
+        for (int64_t e = 0; e < l->state[i]->numel; e++)
+            s->state[k++] = cf_tensor_get(l->state[i], e);
     return true;
 }
 
@@ -79,7 +81,8 @@ static void restore_layer(cf_layer *l, const saved_layer *s)
     }
     k = 0;
     for (int i = 0; i < l->n_state; i++)
-        for (int64_t e = 0; e < l->state[i]->numel; e++) cf_tensor_set(l->state[i], e, s->state[k++]);
+        for (int64_t e = 0; e < l->state[i]->numel; e++)
+            cf_tensor_set(l->state[i], e, s->state[k++]);
 }
 
 static void saved_free(saved_layer *s)
@@ -95,9 +98,8 @@ static void saved_free(saved_layer *s)
 static void fail(cf_check_result *r, unsigned check, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static void fail(cf_check_result *r, unsigned check, const char *fmt, ...)
+static void vappend(cf_check_result *r, unsigned check, const char *fmt, va_list ap)
 {
-    r->failed |= check;
     size_t used = strlen(r->message);
     if (used + 8 >= sizeof r->message) return;
     int n = snprintf(r->message + used, sizeof r->message - used, "%s%s: ", used ? "; " : "",
@@ -105,9 +107,28 @@ static void fail(cf_check_result *r, unsigned check, const char *fmt, ...)
     if (n < 0) return;
     used += (size_t)n;
     if (used >= sizeof r->message) return;
+    vsnprintf(r->message + used, sizeof r->message - used, fmt, ap);
+}
+
+static void fail(cf_check_result *r, unsigned check, const char *fmt, ...)
+{
+    r->failed |= check;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(r->message + used, sizeof r->message - used, fmt, ap);
+    vappend(r, check, fmt, ap);
+    va_end(ap);
+}
+
+/* The same for a check that could not run: marked skipped, and why. */
+static void skip(cf_check_result *r, unsigned check, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void skip(cf_check_result *r, unsigned check, const char *fmt, ...)
+{
+    r->skipped |= check;
+    va_list ap;
+    va_start(ap, fmt);
+    vappend(r, check, fmt, ap);
     va_end(ap);
 }
 
@@ -324,7 +345,8 @@ static void check_logdet(checker *c, cf_ctx *ctx)
     for (int k = 0; k < out.n; k++) d_out += out.t[k]->numel / B;
     if (d_out != D) {
         if (d_out > D || c->layer->factors_out) {
-            r->skipped |= CF_CHECK_LOGDET;
+            skip(r, CF_CHECK_LOGDET, "not run: the outputs have %lld elements per image, the "
+                 "input %lld (no square Jacobian)", (long long)d_out, (long long)D);
             return;
         }
         fail(r, CF_CHECK_LOGDET, "the output has %lld elements per image and the input %lld: "
@@ -332,7 +354,8 @@ static void check_logdet(checker *c, cf_ctx *ctx)
         return;
     }
     if (D > c->o.max_dense) {
-        r->skipped |= CF_CHECK_LOGDET;
+        skip(r, CF_CHECK_LOGDET, "not run: %lld elements per image, more than max_dense %lld",
+             (long long)D, (long long)c->o.max_dense);
         return;
     }
     double *J = malloc((size_t)(D * D) * sizeof(double));
@@ -407,6 +430,18 @@ static cf_status grad_graph(cf_ctx *ctx, void *user, int *n_out, cf_tensor **out
     return CF_OK;
 }
 
+/* " element k [i, j, ...]": flat index k of t and its index along each axis. */
+static const char *index_text(const cf_tensor *t, int64_t k, char *buf, size_t size)
+{
+    int64_t at[CF_MAX_DIMS] = {0}, rest = k;
+    for (int d = t->ndim - 1; d >= 0; d--) at[d] = rest % t->shape[d], rest /= t->shape[d];
+    int n = snprintf(buf, size, " element %lld [", (long long)k);
+    for (int d = 0; d < t->ndim && n > 0 && (size_t)n < size; d++)
+        n += snprintf(buf + n, size - (size_t)n, "%s%lld", d ? ", " : "", (long long)at[d]);
+    if (n > 0 && (size_t)n < size) snprintf(buf + n, size - (size_t)n, "]");
+    return buf;
+}
+
 /* grad: each tensor on its own, so that a failure names it. */
 static void check_grad(checker *c)
 {
@@ -427,12 +462,20 @@ static void check_grad(checker *c)
         if (st != CF_OK) {
             /* res.message says "input 0 element k: ..."; name the tensor instead. */
             const char *m = res.message, *what = i == 0 ? "the input" : t->name;
+            long long e = 0;
+            double a = 0, num = 0;
+            char idx[96];
             if (strstr(m, "degenerate"))
                 fail(r, CF_CHECK_GRAD, "%s: backward and finite differences are both zero "
                      "everywhere, so nothing was checked (a zero-initialised layer left "
                      "unperturbed, or a tensor without effect on the outputs)", what);
+            else if (sscanf(m, "input 0 element %lld: analytic %lg, numeric %lg", &e, &a,
+                            &num) == 3)
+                fail(r, CF_CHECK_GRAD, "%s%s: backward gives %.10g, finite differences %.10g "
+                     "(atol %g, rtol %g)", what, index_text(t, (int64_t)e, idx, sizeof idx), a,
+                     num, c->o.atol, c->o.rtol);
             else
-                fail(r, CF_CHECK_GRAD, "%s %s", what, strncmp(m, "input 0 ", 8) == 0 ? m + 8 : m);
+                fail(r, CF_CHECK_GRAD, "%s: %s", what, m);
             return;
         }
     }
@@ -497,7 +540,7 @@ cf_status cf_layer_check(cf_layer *layer, const cf_check_opts *opts, cf_check_re
         check_logdet(&c, ctx);
         check_grad(&c);
     } else {
-        out->skipped |= CF_CHECK_ROUNDTRIP | CF_CHECK_LOGDET | CF_CHECK_GRAD;
+        out->skipped |= CF_CHECK_ROUNDTRIP | CF_CHECK_LOGDET | CF_CHECK_GRAD; /* said why */
     }
     out->passed = out->failed == 0;
     st = out->passed ? CF_OK : cf_set_error(CF_ERR_NUMERIC, "layer '%s' (%s): %s", layer->name,
@@ -520,7 +563,7 @@ void cf_check_print(const cf_layer *layer, const cf_check_result *r, FILE *out)
     fprintf(out, "%s %-36s %-15s roundtrip %-8s logdet %-8s grad %-8s", r->passed ? "PASS" : "FAIL",
             layer->name, layer->vt->kind, rt, ld, gr);
     if (r->grad_directional) fprintf(out, " (%d tensors along directions)", r->grad_directional);
-    if (!r->passed) fprintf(out, " %s", r->message);
+    if (r->message[0]) fprintf(out, " %s", r->message);
     fputc('\n', out);
 }
 

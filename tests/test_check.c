@@ -242,15 +242,25 @@ static cf_layer *toy_layer_new(cf_params *ps, const int64_t shape[3], fault f)
     return &l->base;
 }
 
-/* Checks the toy layer with fault f: it must fail exactly `expect` (0: pass everything). */
-static void check_toy(fault f, unsigned expect, const char *needle)
+/* Checks the toy layer with fault f on three seeds: it must fail exactly `expect` (0: pass
+ * everything), with `needle` (and `needle2`) in the message and on the layer's FAIL line. */
+static void check_toy(fault f, unsigned expect, const char *needle, const char *needle2)
 {
     cf_params *ps = cf_params_new(CF_F64);
     cf_layer *l = toy_layer_new(ps, (int64_t[]){4, 4, 4}, f);
     for (uint64_t seed = 1; seed <= 3; seed++) {
         cf_check_result r;
         cf_status st = cf_layer_check(l, &(cf_check_opts){.seed = seed}, &r);
-        cf_check_print(l, &r, stdout);
+        char line[2048];
+        FILE *mem = fmemopen(line, sizeof line, "w");
+        cf_check_print(l, &r, mem);
+        fclose(mem);
+        fputs(line, stdout);
+        ck_assert_msg(strncmp(line, expect ? "FAIL toy " : "PASS toy ", 9) == 0, "%s", line);
+        if (needle)
+            ck_assert_msg(strstr(line, needle) != NULL, "line '%s' lacks '%s'", line, needle);
+        if (needle2)
+            ck_assert_msg(strstr(line, needle2) != NULL, "line '%s' lacks '%s'", line, needle2);
         ck_assert_msg(r.failed == expect, "fault %d seed %llu: failed %#x, expected %#x: %s", f,
                       (unsigned long long)seed, r.failed, expect, r.message);
         ck_assert_int_eq(st, expect ? CF_ERR_NUMERIC : CF_OK);
@@ -267,27 +277,32 @@ static void check_toy(fault f, unsigned expect, const char *needle)
 
 START_TEST(test_correct_toy_passes)
 {
-    check_toy(FAULT_NONE, 0, NULL);
+    check_toy(FAULT_NONE, 0, NULL, NULL);
 }
 END_TEST
 
 START_TEST(test_catches_logdet_off_in_one_channel)
 {
-    check_toy(FAULT_LOGDET, CF_CHECK_LOGDET, "logdet: layer says");
+    check_toy(FAULT_LOGDET, CF_CHECK_LOGDET, "logdet: layer says", "dense Jacobian gives");
+    check_toy(FAULT_NONE, 0, NULL, NULL); /* the same layer without the fault */
 }
 END_TEST
 
 START_TEST(test_catches_inverse_wrong_in_one_block)
 {
-    /* the worst element is in the last quarter of the channels: c = 3 of 4 */
-    check_toy(FAULT_INVERSE, CF_CHECK_ROUNDTRIP, "roundtrip: inverse(forward(x)) differs");
+    /* the worst element named is in the faulty block, the last quarter: channel 3 of 4 */
+    check_toy(FAULT_INVERSE, CF_CHECK_ROUNDTRIP, "roundtrip: inverse(forward(x)) differs",
+              ", 3): ");
+    check_toy(FAULT_NONE, 0, NULL, NULL);
 }
 END_TEST
 
 START_TEST(test_catches_backward_off_in_one_element)
 {
     /* The input's gradient fails, at the faulty element and nowhere else before it. */
-    check_toy(FAULT_BACKWARD, CF_CHECK_GRAD, "grad: the input element 41:");
+    check_toy(FAULT_BACKWARD, CF_CHECK_GRAD, "grad: the input element 41 [0, 2, 2, 1]: backward",
+              "finite differences");
+    check_toy(FAULT_NONE, 0, NULL, NULL);
 }
 END_TEST
 
@@ -351,6 +366,28 @@ START_TEST(test_leaves_layer_as_found)
 }
 END_TEST
 
+/* Inputs too large for the dense Jacobian skip the log-det check and say so; tensors larger
+ * than max_elementwise are checked along random directions. */
+START_TEST(test_limits_skip_and_directions)
+{
+    cf_params *ps = cf_params_new(CF_F64);
+    cf_rng rng;
+    cf_rng_seed(&rng, 4, 0);
+    cf_layer *l = cf_cinc_conv_layer(ps, "conv", (int64_t[]){4, 4, 4}, &rng);
+    cf_check_result r;
+    cf_status st = cf_layer_check(l, &(cf_check_opts){.max_dense = 32, .max_elementwise = 100},
+                                  &r);
+    cf_check_print(l, &r, stdout);
+    ck_assert_msg(st == CF_OK && r.passed, "%s", r.message);
+    ck_assert_int_eq(r.skipped, CF_CHECK_LOGDET);
+    ck_assert_msg(strstr(r.message, "logdet: not run: 64 elements per image") != NULL, "%s",
+                  r.message);
+    ck_assert_int_eq(r.grad_directional, 2); /* the input (128), the weight (144); not the bias */
+    cf_layer_free(l);
+    cf_params_free(ps);
+}
+END_TEST
+
 static Suite *check_suite(void)
 {
     Suite *s = suite_create("check");
@@ -367,6 +404,7 @@ static Suite *check_suite(void)
     TCase *misuse = tcase_create("misuse");
     tcase_add_test(misuse, test_refuses_f32);
     tcase_add_test(misuse, test_leaves_layer_as_found);
+    tcase_add_test(misuse, test_limits_skip_and_directions);
     suite_add_tcase(s, misuse);
     return s;
 }
