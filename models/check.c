@@ -226,6 +226,7 @@ static void check_forward(checker *c, cf_ctx *ctx, const cf_flow_io *io, cf_stat
                           const char *when)
 {
     const cf_layer *l = c->layer;
+    if (c->r->failed & CF_CHECK_SHAPE) return; /* said once */
     if (st != CF_OK) {
         fail(c->r, CF_CHECK_SHAPE, "forward %s failed: %s", when, cf_ctx_error(ctx));
         return;

@@ -5,8 +5,9 @@
  *  - the checker catches three faults, each in a layer written here: a log-det wrong by 1% in
  *    one channel, an inverse wrong in one block of channels, and a backward wrong by 1% in
  *    one element (an op registered here, whose backward is off in one element of its input
- *    gradient). Each fault fails exactly its own check, and the same layer without the fault
- *    passes every check;
+ *    gradient); and two more, a declared output shape that is not the real one and an output
+ *    that is not finite at initialisation. Each fault fails exactly its own check, and the
+ *    same layer without the fault passes every check;
  *  - f32 layers and flows are refused with a message naming the layer and the tensor; the
  *    layer is left as it was (parameters, state, gradients); the report has one line per
  *    layer and closes with "N passed, N failed".
@@ -160,18 +161,26 @@ static const cf_op_def *find_or_register(const cf_op_def *def)
     return cf_op_find(def->name);
 }
 
-typedef enum fault { FAULT_NONE, FAULT_LOGDET, FAULT_INVERSE, FAULT_BACKWARD } fault;
+typedef enum fault {
+    FAULT_NONE,
+    FAULT_LOGDET,
+    FAULT_INVERSE,
+    FAULT_BACKWARD,
+    FAULT_SHAPE,   /* declares an out_shape of twice the channels */
+    FAULT_FRAGILE, /* y_1 = x_1 * (s - 0.3) / (s - 0.3): NaN at s's initial value only */
+} fault;
 
 /* A coupling-like layer on x = [x_1, x_2] (C/2 channels each), with per-channel w and s:
  *   y = [x_1, (x_2 + x_1 * w) * exp(s)],  log|det| = H W sum(s).
  * Its Jacobian is block lower-triangular, so a fault in the x_1 -> y_2 block (the backward
  * fault) leaves the determinant as it is. Faults: the log-det takes 1.01 s_0 for channel 0;
  * the inverse subtracts y_1 * w with the wrong sign in the last quarter of the channels; the
- * backward of x_1 * w is 1% off in one element. */
+ * backward of x_1 * w is 1% off in one element; and two more (see the enum). */
 typedef struct toy_layer {
     cf_layer base;
     cf_tensor *w, *s;
     cf_tensor *logdet_factor; /* (C/2) heap: 1, or 1.01 for channel 0 with FAULT_LOGDET */
+    cf_tensor *initial_s;     /* (C/2) heap: s's initial value, for FAULT_FRAGILE */
     fault fault;
     const cf_op_def *cmul;
 } toy_layer;
@@ -183,8 +192,12 @@ static cf_status toy_forward(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     cf_tensor *parts[2];
     if (cf_split(ctx, io->x, 2, (int64_t[]){half, half}, parts) != CF_OK) return cf_ctx_status(ctx);
     cf_tensor *m = cf_op_apply1(ctx, l->cmul, 2, (cf_tensor *[]){parts[0], l->w}, NULL);
-    cf_tensor *y2 = cf_mul(ctx, cf_add(ctx, parts[1], m), cf_exp(ctx, l->s));
-    io->x = cf_concat(ctx, 2, (cf_tensor *[]){parts[0], y2});
+    cf_tensor *y2 = cf_mul(ctx, cf_add(ctx, parts[1], m), cf_exp(ctx, l->s)), *y1 = parts[0];
+    if (l->fault == FAULT_FRAGILE) {
+        cf_tensor *a = cf_sub(ctx, l->s, l->initial_s);
+        y1 = cf_div(ctx, cf_mul(ctx, y1, a), a);
+    }
+    io->x = cf_concat(ctx, 2, (cf_tensor *[]){y1, y2});
     const double hw = (double)(self->in_shape[0] * self->in_shape[1]);
     return cf__add_logdet(ctx, io, cf_scale(ctx, cf_sum_all(ctx, cf_mul(ctx, l->s,
                                                                         l->logdet_factor)), hw));
@@ -218,6 +231,7 @@ static double toy_flops(const cf_layer *self)
 static void toy_free(cf_layer *self)
 {
     cf_tensor_free(((toy_layer *)self)->logdet_factor);
+    cf_tensor_free(((toy_layer *)self)->initial_s);
     free(self);
 }
 
@@ -231,10 +245,13 @@ static cf_layer *toy_layer_new(cf_params *ps, const int64_t shape[3], fault f)
     const int64_t half = shape[2] / 2;
     l->fault = f;
     l->cmul = find_or_register(f == FAULT_BACKWARD ? &cmul_faulty_op : &cmul_op);
-    ck_assert(cf__layer_init(&l->base, &toy_vt, "toy", shape, shape));
+    const int64_t out[3] = {shape[0], shape[1], shape[2] * (f == FAULT_SHAPE ? 2 : 1)};
+    ck_assert(cf__layer_init(&l->base, &toy_vt, "toy", shape, out));
     ck_assert_ptr_nonnull(l->w = cf__layer_param(&l->base, ps, "w", 1, &half));
     ck_assert_ptr_nonnull(l->s = cf__layer_param(&l->base, ps, "s", 1, &half));
     ck_assert_ptr_nonnull(l->logdet_factor = cf_tensor_alloc(CF_F64, 1, &half));
+    ck_assert_ptr_nonnull(l->initial_s = cf_tensor_alloc(CF_F64, 1, &half));
+    cf_tensor_fill(l->initial_s, 0.3);
     cf_tensor_fill(l->w, 2.0);
     cf_tensor_fill(l->s, 0.3);
     cf_tensor_fill(l->logdet_factor, 1.0);
@@ -265,7 +282,9 @@ static void check_toy(fault f, unsigned expect, const char *needle, const char *
                       (unsigned long long)seed, r.failed, expect, r.message);
         ck_assert_int_eq(st, expect ? CF_ERR_NUMERIC : CF_OK);
         ck_assert_int_eq(r.passed, expect == 0);
-        ck_assert_int_eq(r.skipped, 0);
+        /* a forward whose shape is wrong leaves nothing for the later checks */
+        ck_assert_uint_eq(r.skipped, expect == CF_CHECK_SHAPE ? CF_CHECK_ROUNDTRIP |
+                                     CF_CHECK_LOGDET | CF_CHECK_GRAD : 0u);
         if (needle)
             ck_assert_msg(strstr(r.message, needle) != NULL, "message '%s' lacks '%s'",
                           r.message, needle);
@@ -303,6 +322,22 @@ START_TEST(test_catches_backward_off_in_one_element)
     check_toy(FAULT_BACKWARD, CF_CHECK_GRAD, "grad: the input element 41 [0, 2, 2, 1]: backward",
               "finite differences");
     check_toy(FAULT_NONE, 0, NULL, NULL);
+}
+END_TEST
+
+START_TEST(test_catches_wrong_declared_shape)
+{
+    check_toy(FAULT_SHAPE, CF_CHECK_SHAPE, "shape: forward at initialisation gives (2, 4, 4, 4) "
+              "f64, the layer says (2, 4, 4, 8)", NULL);
+}
+END_TEST
+
+/* Non-finite at initialisation only: the first forward's check catches it, and the
+ * perturbed layer passes everything else. */
+START_TEST(test_catches_nonfinite_at_initialisation)
+{
+    check_toy(FAULT_FRAGILE, CF_CHECK_FINITE, "finite: the output is not finite at "
+              "initialisation", NULL);
 }
 END_TEST
 
@@ -400,6 +435,8 @@ static Suite *check_suite(void)
     tcase_add_test(faults, test_catches_logdet_off_in_one_channel);
     tcase_add_test(faults, test_catches_inverse_wrong_in_one_block);
     tcase_add_test(faults, test_catches_backward_off_in_one_element);
+    tcase_add_test(faults, test_catches_wrong_declared_shape);
+    tcase_add_test(faults, test_catches_nonfinite_at_initialisation);
     suite_add_tcase(s, faults);
     TCase *misuse = tcase_create("misuse");
     tcase_add_test(misuse, test_refuses_f32);
