@@ -9,7 +9,7 @@
  *     cf_check_result r;
  *     if (cf_layer_check(l, NULL, &r) != CF_OK)          // NULL: the default options
  *         fprintf(stderr, "%s\n", r.message);            // which check, where, both values
- *     cf_check_print(l, &r, stdout);   // "PASS c  quad_coupling  roundtrip 1.1e-16 ..."
+ *     cf_check_print(l, &r, stdout);   // "PASS c  quad_coupling  roundtrip 1.1e-13 ..."
  *     cf_layer_free(l);
  *     cf_params_free(ps);
  *
@@ -35,9 +35,11 @@
  *      bijective part, x -> (output, latents pushed) (a latent that is the output itself,
  *      as in a prior, counts once), built row by row from one backward pass per output
  *      element and factorised by an LU with partial pivoting; |layer - dense| / (1 + |dense|).
- *      Images must not depend on each other: entries of J across images must be zero. A
- *      layer whose output has more elements than its input (nothing bijective to compare)
- *      is skipped, as is one with more than max_dense elements per image;
+ *      Images must not depend on each other: entries of J across images must be zero. The
+ *      check is skipped (and says why) for a layer whose outputs have more elements than its
+ *      input, or another count for a layer that factors out (no square Jacobian), and for
+ *      one of more than max_dense elements per image; fewer elements out than in, in a layer
+ *      that does not factor out, is a failure (not a bijection);
  *   5. grad: the gradient of L = sum_k w_k out_k + sum_b u_b logdet_b + sum_b v_b logp_b, with
  *      fixed random weights w, u, v of magnitude 0.5 to 1.5 (so every output element and the
  *      log-density matter), with respect to the input and to every parameter tensor, by
@@ -129,8 +131,9 @@ cf_status cf_layer_check(cf_layer *layer, const cf_check_opts *opts, cf_check_re
 void cf_check_print(const cf_layer *layer, const cf_check_result *r, FILE *out);
 
 /* Checks every layer of the flow in order (borrowed and restored, as above), each with
- * opts->seed plus its index, writes its line to report (NULL: nothing is written) and closes
- * with "N passed, N failed". Sets *n_failed (may be NULL) to the count of layers that failed.
+ * opts->seed plus its index, writes its line to report (borrowed; NULL: nothing is written)
+ * and closes with "N passed, N failed". Sets *n_failed (may be NULL) to the count of layers
+ * that failed.
  * Returns CF_OK when all passed, CF_ERR_NUMERIC when some failed, or the first failure that
  * stopped the checks (CF_ERR_DTYPE for a flow that is not f64, with cf_last_error()). */
 cf_status cf_flow_check(cf_flow *flow, const cf_check_opts *opts, FILE *report, int *n_failed);
