@@ -5,9 +5,9 @@
  *  - the checker catches three faults, each in a layer written here: a log-det wrong by 1% in
  *    one channel, an inverse wrong in one block of channels, and a backward wrong by 1% in
  *    one element (an op registered here, whose backward is off in one element of its input
- *    gradient); and two more, a declared output shape that is not the real one and an output
- *    that is not finite at initialisation. Each fault fails exactly its own check, and the
- *    same layer without the fault passes every check;
+ *    gradient); and three more: a declared output shape that is not the real one, an output
+ *    that is not finite at initialisation, and images that depend on each other. Each fault
+ *    fails exactly its own check, and the same layer without the fault passes every check;
  *  - f32 layers and flows are refused with a message naming the layer and the tensor; the
  *    layer is left as it was (parameters, state, gradients); the report has one line per
  *    layer and closes with "N passed, N failed".
@@ -168,6 +168,8 @@ typedef enum fault {
     FAULT_BACKWARD,
     FAULT_SHAPE,   /* declares an out_shape of twice the channels */
     FAULT_FRAGILE, /* y_1 = x_1 * (s - 0.3) / (s - 0.3): NaN at s's initial value only */
+    FAULT_BATCH,   /* y_2 also adds 0.01 sum(x_1) over the whole batch (and the inverse
+                    * subtracts it): invertible, right log-det per image, but images mix */
 } fault;
 
 /* A coupling-like layer on x = [x_1, x_2] (C/2 channels each), with per-channel w and s:
@@ -192,6 +194,8 @@ static cf_status toy_forward(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     cf_tensor *parts[2];
     if (cf_split(ctx, io->x, 2, (int64_t[]){half, half}, parts) != CF_OK) return cf_ctx_status(ctx);
     cf_tensor *m = cf_op_apply1(ctx, l->cmul, 2, (cf_tensor *[]){parts[0], l->w}, NULL);
+    if (l->fault == FAULT_BATCH)
+        m = cf_add(ctx, m, cf_scale(ctx, cf_sum_all(ctx, parts[0]), 0.01));
     cf_tensor *y2 = cf_mul(ctx, cf_add(ctx, parts[1], m), cf_exp(ctx, l->s)), *y1 = parts[0];
     if (l->fault == FAULT_FRAGILE) {
         cf_tensor *a = cf_sub(ctx, l->s, l->initial_s);
@@ -211,13 +215,17 @@ static cf_status toy_inverse(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     cf_tensor *x = cf_tensor_new(ctx, y->dtype, y->ndim, y->shape);
     if (!x) return cf_ctx_status(ctx);
     const int64_t C = self->in_shape[2], half = C / 2, P = y->numel / C;
+    double sum1 = 0; /* FAULT_BATCH: the sum of x_1 = y_1 over the batch */
+    for (int64_t p = 0; p < P; p++)
+        for (int64_t c = 0; c < half; c++) sum1 += cf_tensor_get(y, p * C + c);
+    const double mix = l->fault == FAULT_BATCH ? 0.01 * sum1 : 0.0;
     for (int64_t p = 0; p < P; p++)
         for (int64_t c = 0; c < half; c++) {
             const double y1 = cf_tensor_get(y, p * C + c), y2 = cf_tensor_get(y, p * C + half + c);
             const double w = cf_tensor_get(l->w, c), s = cf_tensor_get(l->s, c);
             const bool wrong = l->fault == FAULT_INVERSE && half + c >= C - C / 4;
             cf_tensor_set(x, p * C + c, y1);
-            cf_tensor_set(x, p * C + half + c, y2 * exp(-s) + (wrong ? 1 : -1) * y1 * w);
+            cf_tensor_set(x, p * C + half + c, y2 * exp(-s) + (wrong ? 1 : -1) * y1 * w - mix);
         }
     io->x = x;
     return CF_OK;
@@ -341,6 +349,15 @@ START_TEST(test_catches_nonfinite_at_initialisation)
 }
 END_TEST
 
+/* A layer that is invertible on the batch, with the right log-det of each image's own block,
+ * but whose images depend on each other: the Jacobian's entries across images show it. */
+START_TEST(test_catches_images_mixing)
+{
+    check_toy(FAULT_BATCH, CF_CHECK_LOGDET, "logdet: the output of image 0 depends on other "
+              "images' inputs", NULL);
+}
+END_TEST
+
 /* ---- misuse and side effects ------------------------------------------------------------- */
 
 START_TEST(test_refuses_f32)
@@ -437,6 +454,7 @@ static Suite *check_suite(void)
     tcase_add_test(faults, test_catches_backward_off_in_one_element);
     tcase_add_test(faults, test_catches_wrong_declared_shape);
     tcase_add_test(faults, test_catches_nonfinite_at_initialisation);
+    tcase_add_test(faults, test_catches_images_mixing);
     suite_add_tcase(s, faults);
     TCase *misuse = tcase_create("misuse");
     tcase_add_test(misuse, test_refuses_f32);
