@@ -4,6 +4,10 @@
  *       checks every registered op (or one) on each of its test cases: backward against
  *       central differences in f64, and the fast f32 kernels against the reference ones.
  *       One line per op, then "N passed, N failed"; exit status 1 if any failed.
+ *   cincflow check [model flags] [--batch N] [--seed S] [--perturb S]   (cli_check.c)
+ *       checks every layer of the model, built in f64 on 8x8x1 images: round trip, log-det
+ *       against the dense Jacobian, gradients against finite differences, finite values and
+ *       shapes. One line per layer, then "N passed, N failed"; exit status 1 if any failed.
  *   cincflow train | eval | sample | interpolate | manipulate   (cli_train.c, cli_eval.c)
  *   cincflow arch | info   a model's architecture as JSON, its layers and size (cli_arch.c)
  *   cincflow ops      lists the registered ops; `kinds` the registered layer kinds.
@@ -39,6 +43,8 @@ static int usage(FILE *f)
                "  manipulate --checkpoint FILE --index I --from-class A --to-class B --out strip.png\n"
                "  gradcheck [--op NAME] [--fast] [--seed N]  check every op's gradient and "
                "fast kernels\n"
+               "  check [model flags] [--batch N] [--seed S] check every layer of the model "
+               "(f64, tiny)\n"
                "  arch [model flags] [--checkpoint FILE] [--out FILE]\n"
                "                                              a model's architecture as JSON\n"
                "  info [model flags | --arch FILE | --checkpoint FILE]\n"
@@ -196,6 +202,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "gradcheck") == 0) return cmd_gradcheck(argc - 2, argv + 2);
     if (strcmp(cmd, "info") == 0) return cli_info(argc - 2, argv + 2);
     if (strcmp(cmd, "arch") == 0) return cli_arch(argc - 2, argv + 2);
+    if (strcmp(cmd, "check") == 0) return cli_check(argc - 2, argv + 2);
     if (strcmp(cmd, "train") == 0) return cli_train(argc - 2, argv + 2);
     if (strcmp(cmd, "eval") == 0) return cli_eval(argc - 2, argv + 2);
     if (strcmp(cmd, "sample") == 0) return cli_sample(argc - 2, argv + 2);

@@ -87,5 +87,6 @@ int cli_interpolate(int argc, char **argv);
 int cli_manipulate(int argc, char **argv);
 int cli_arch(int argc, char **argv);
 int cli_info(int argc, char **argv);
+int cli_check(int argc, char **argv); /* cli_check.c */
 
 #endif

@@ -58,6 +58,7 @@
 #include "cf_flow.h"
 #include "cf_arch.h"
 #include "cf_plugin.h"
+#include "cf_check.h"
 #include "cf_optim.h"
 #include "cf_data.h"
 #include "cf_image.h"

@@ -58,10 +58,10 @@ static const char *const mask_names[CF_CONV_MASK_COUNT] = {
     [CF_CONV_MASK_EMERGING_ANTICAUSAL] = "emerging_anticausal",
 };
 
-static cf_layer *masked_build(const cf_layer_args *a, cf_conv_mask mask)
+static cf_layer *masked_build(const cf_layer_args *a, cf_conv_mask mask,
+                             const cf_layer_vtable *vt)
 {
-    masked_layer *l = cf_layer_alloc(sizeof *l, mask == CF_CONV_MASK_CINC ? &cinc_vt : &masked_vt,
-                                     a, a->in_shape);
+    masked_layer *l = cf_layer_alloc(sizeof *l, vt, a, a->in_shape);
     if (!l) return NULL;
     int64_t C = a->in_shape[2];
     l->mask = mask;
@@ -92,14 +92,14 @@ static cf_layer *masked_build(const cf_layer_args *a, cf_conv_mask mask)
 
 static cf_layer *cinc_create(const cf_layer_args *a)
 {
-    return masked_build(a, CF_CONV_MASK_CINC);
+    return masked_build(a, CF_CONV_MASK_CINC, &cinc_vt);
 }
 
 static cf_layer *masked_create(const cf_layer_args *a)
 {
     const char *m = cf_hparams_string(a->hp, "mask");
     for (int k = 1; k < CF_CONV_MASK_COUNT; k++)
-        if (strcmp(m, mask_names[k]) == 0) return masked_build(a, (cf_conv_mask)k);
+        if (strcmp(m, mask_names[k]) == 0) return masked_build(a, (cf_conv_mask)k, &masked_vt);
     cf_set_error(CF_ERR_ARG, "%s: unknown mask '%s'", a->name, m);
     return NULL;
 }

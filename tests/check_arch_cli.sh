@@ -60,6 +60,8 @@ for a in builtin custom; do
         fail "resume $a.h5"
     grep -q "^resumed $a.h5 at step 6" train.txt || fail "resume $a.h5: $(cat train.txt)"
 done
+"$cincflow" check --arch custom.json >check.txt || fail "check --arch custom.json: $(cat check.txt)"
+grep -q '^9 passed, 0 failed' check.txt || fail "check --arch: $(cat check.txt)"
 grep -q '"name":[[:space:]]*"s1.coupling"' custom.back.json || fail "arch --checkpoint lost a layer"
 grep -q '"hidden":[[:space:]]*12' custom.back.json || fail "arch --checkpoint lost a width"
 

@@ -33,6 +33,8 @@ grep -q "^1 passed, 0 failed" gc.txt || fail "gradcheck: $(cat gc.txt)"
 "$cincflow" kinds --plugin "$plugin" >kinds.txt
 grep -Eq '^prelu +cf_prelu ' kinds.txt || fail "kinds: no prelu: $(cat kinds.txt)"
 grep -Eq '^prior +cincflow ' kinds.txt || fail "kinds: the built-in prior not the library's: $(cat kinds.txt)"
+"$cincflow" check --plugin "$plugin" --kind prelu >check.txt || fail "check --kind prelu: $(cat check.txt)"
+grep -Eq '^PASS prelu ' check.txt && grep -q '^1 passed, 0 failed' check.txt || fail "check: $(cat check.txt)"
 # Loading the same plugin twice is harmless.
 "$cincflow" kinds --plugin "$plugin" --plugin "$plugin" >/dev/null || fail "the plugin twice"
 
@@ -47,6 +49,8 @@ cat >arch.json <<'JSON'
   {"name": "s1.prelu", "kind": "prelu"},
   {"name": "prior", "kind": "prior"}]}
 JSON
+"$cincflow" check --plugin "$plugin" --arch arch.json >check.txt || fail "check --arch: $(cat check.txt)"
+grep -q '^7 passed, 0 failed' check.txt || fail "check --arch: $(cat check.txt)"
 data=synthetic:8x8x1:64
 "$cincflow" train --plugin "$plugin" --data $data --arch arch.json --steps 5 --batch 16 \
     --init-images 32 --threads 1 --checkpoint m.h5 >train.txt || fail "train: $(cat train.txt)"
