@@ -1,10 +1,12 @@
-/* cf_flow.h: flow layers, flows declared as a sequence of layers, and the CInC, Glow and
- * Emerging model builders.
+/* cf_flow.h: flows declared as a sequence of layers, the built-in layers' constructors, and the
+ * CInC, Glow and Emerging model builder.
  *
- * A flow layer is a small vtable (cf_layer_vtable): forward records on the tape and maps x to
- * z while adding its log|det| to the per-image log-det; inverse runs off the tape and maps z
- * back to x; the layer's parameters and state are listed in its base struct (the parameter
- * walk), each a named tensor of the flow's cf_params set ("levels.0.steps.3.conv.weight").
+ * A flow layer (cf_layer.h, which also says how to write a kind of your own) is a small
+ * vtable: forward records on the tape and maps x to z while adding its log|det| to the
+ * per-image log-det; inverse runs off the tape and maps z back to x; the layer's parameters
+ * and state are listed in its base struct (the parameter walk), each a named tensor of the
+ * flow's cf_params set ("levels.0.steps.3.conv.weight"). The constructors below are thin
+ * wrappers over cf_layer_create of the built-in kinds.
  *
  * Everything a layer passes along travels in a cf_flow_io: the current tensor x, the per-image
  * log-det and the log-density of latents already factored out, and the list of latents. Split
