@@ -280,6 +280,21 @@ void cf_ctx_reset_peak(cf_ctx *ctx)
 {
     ctx->peak = ctx->used;
 }
+
+void cf_ctx_note_peak(cf_ctx *ctx, size_t bytes)
+{
+    if (bytes > ctx->peak) ctx->peak = bytes;
+}
+
+size_t cf_ctx_arena_limit(const cf_ctx *ctx)
+{
+    return ctx->limit;
+}
+
+void cf_ctx_set_arena_limit(cf_ctx *ctx, size_t limit)
+{
+    ctx->limit = limit;
+}
 int cf_ctx_tape_size(const cf_ctx *ctx)
 {
     return ctx->n_nodes;
@@ -493,4 +508,29 @@ cf_status cf_tensor_requires_grad(cf_ctx *ctx, cf_tensor *t)
     if (!t->grad) return ctx->status;
     memset(t->grad, 0, bytes);
     return CF_OK;
+}
+
+/* ---- the public forms of the above ------------------------------------------------------ */
+
+cf_ctx_mark cf_ctx_get_mark(const cf_ctx *ctx)
+{
+    cf__mark m = cf__arena_get_mark(ctx);
+    return (cf_ctx_mark){.block = m.block, .used = m.used, .total = m.total};
+}
+
+void cf_ctx_release_to(cf_ctx *ctx, cf_ctx_mark mark)
+{
+    cf__arena_release(ctx, (cf__mark){.block = mark.block, .used = mark.used, .total = mark.total});
+}
+
+cf_tensor *cf_tensor_view(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape, void *data)
+{
+    cf_tensor *t = cf__tensor_new_borrowed(ctx, dtype, ndim, shape);
+    if (t) t->data = data;
+    return t;
+}
+
+void cf_ctx_redirect_grads(cf_ctx *ctx, void *from, void *to, size_t bytes)
+{
+    cf__ctx_redirect_grads(ctx, from, to, bytes);
 }

@@ -131,6 +131,12 @@ size_t cf_ctx_arena_used(const cf_ctx *ctx);
 size_t cf_ctx_arena_peak(const cf_ctx *ctx);
 size_t cf_ctx_arena_reserved(const cf_ctx *ctx);
 void cf_ctx_reset_peak(cf_ctx *ctx);
+/* Raises the recorded peak to at least `bytes` (memory of other contexts that was in use at
+ * the same time as this one's, such as threads' contexts working for it). */
+void cf_ctx_note_peak(cf_ctx *ctx, size_t bytes);
+/* The most bytes the arena may reserve (0: no limit), and a new limit for later growth. */
+size_t cf_ctx_arena_limit(const cf_ctx *ctx);
+void cf_ctx_set_arena_limit(cf_ctx *ctx, size_t limit);
 /* Number of nodes on the tape now. */
 int cf_ctx_tape_size(const cf_ctx *ctx);
 
@@ -144,6 +150,30 @@ cf_tensor *cf_tensor_new(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *s
 #define cf_tensor_new_v(ctx, dtype, ...)                                                       \
     cf_tensor_new((ctx), (dtype), (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)),   \
                   (int64_t[]){__VA_ARGS__})
+
+/* ---- for passes that reuse memory (grad-free inverses on groups of images, threads) ----- */
+
+/* A position in the arena: everything allocated after it is given back by cf_ctx_release_to,
+ * for a grad-free pass that runs a piece of a graph many times. Nothing allocated after the
+ * mark may be used after the release (so: no tape, no gradients in between). */
+typedef struct cf_ctx_mark {
+    void *block;
+    size_t used, total;
+} cf_ctx_mark;
+cf_ctx_mark cf_ctx_get_mark(const cf_ctx *ctx);
+void cf_ctx_release_to(cf_ctx *ctx, cf_ctx_mark mark);
+
+/* An arena tensor header over memory the caller owns (data is borrowed: it must outlive every
+ * use of the view; the view is not on the tape and takes no gradient). NULL (sticky error)
+ * when the arena is exhausted. */
+cf_tensor *cf_tensor_view(cf_ctx *ctx, cf_dtype dtype, int ndim, const int64_t *shape,
+                          void *data);
+
+/* Sends the gradients that backward on ctx would add into [from, from + bytes) (a parameter
+ * set's flat gradient buffer, cf_params_grad) to the same offsets of `to` instead (to NULL: no
+ * redirection): threads that each back-propagate part of a batch through one model add into
+ * buffers of their own. `to` is borrowed until the redirection ends. */
+void cf_ctx_redirect_grads(cf_ctx *ctx, void *from, void *to, size_t bytes);
 
 /* Marks a leaf tensor (arena or heap, not an op output) as requiring a gradient and gives it
  * a zeroed gradient buffer (heap tensors: owned by the tensor; arena tensors: the arena).

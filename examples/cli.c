@@ -221,79 +221,17 @@ const char *cli_conv_name(const cf_flow_config *c)
 
 double cli_activation_bytes(const cf_flow_config *c, int64_t batch, bool recompute)
 {
-    /* Each coupling network keeps about 2.5 tensors of its width per image: the two hidden
-     * activations kept for backward, the few gradients alive at once (dead ones are recycled)
-     * and kernel scratch (reused from kernel to kernel); measured arenas of a plain step: 2.2
-     * (the default model, 432 MB at 64 images; the paper model, 9.0 GB at 64, 2.25 GB at 16).
-     * A step has 3 networks (quad) or 1 (affine). */
-    double acts = 0, step_max = 0, inputs = 0, H = (double)c->height, W = (double)c->width;
-    double C = (double)c->channels, nets = c->coupling == CF_COUPLING_KIND_AFFINE ? 1 : 3;
-    for (int l = 0; l < c->levels; l++) {
-        H /= 2, W /= 2, C *= 4;
-        double step = nets * 2.5 * H * W * (double)c->hidden;
-        acts += (double)c->depth * step;
-        inputs += (double)c->depth * 2 * H * W * C;
-        if (step > step_max) step_max = step;
-        C /= 2;
-    }
-    return 4.0 * (double)batch * (recompute ? step_max + inputs : acts + inputs);
-}
-
-bool cli_check_memory(const char *cmd, const cf_flow_config *c, int64_t batch, bool training,
-                      bool recompute)
-{
-    double params = 0, H = (double)c->height, W = (double)c->width;
-    double C = (double)c->channels, w = (double)c->hidden;
-    for (int l = 0; l < c->levels; l++) {
-        H /= 2, W /= 2, C *= 4;
-        params += (double)c->depth * 3 * (9 * C * w + w * w + 9 * w * C + 9 * C * C);
-        C /= 2;
-    }
-    double acts = training ? cli_activation_bytes(c, batch, recompute)
-                           : 4.0 * (double)batch * 16 * H * W * w;
-    double need = params * 4 * (training ? 4 : 1) + acts;
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
-    if (have > 0 && need > 0.9 * have) {
-        fprintf(stderr, "cincflow %s: this model and batch need about %.1f GB of memory; the "
-                        "machine has %.1f GB (use a smaller --batch, --width or --depth%s)\n",
-                cmd, need / 1e9, have / 1e9, training && !recompute ? ", or --recompute on" : "");
-        return false;
-    }
-    return true;
+    return cf_flow_config_activation_bytes(c, batch, recompute);
 }
 
 double cli_flow_activation_bytes(const cf_flow *flow, int64_t batch, bool recompute)
 {
-    /* As cli_activation_bytes, from the layers: a layer with coupling networks (a "hidden"
-     * hyperparameter; one network per conv1 weight) keeps about 2.5 tensors of that width per
-     * network, and every layer that keeps its shape one input and one output. */
-    double acts = 0, step_max = 0, inputs = 0;
-    for (int i = 0; i < cf_flow_layer_count(flow); i++) {
-        const cf_layer *l = cf_flow_layer((cf_flow *)flow, i);
-        double hw = (double)(l->in_shape[0] * l->in_shape[1]);
-        const cf_hparam *hidden = cf_hparams_find(&l->hp, "hidden");
-        if (hidden && hidden->type == CF_HP_INT) {
-            int nets = 0;
-            for (int k = 0; k < l->n_params; k++)
-                nets += strstr(l->params[k]->name, "conv1.weight") != NULL;
-            double step = (nets ? nets : 1) * 2.5 * hw * (double)hidden->i;
-            acts += step;
-            if (step > step_max) step_max = step;
-        }
-        if (!memcmp(l->in_shape, l->out_shape, sizeof l->in_shape) && !l->factors_out)
-            inputs += (recompute ? 1.0 : 2.0) * hw * (double)l->in_shape[2];
-    }
-    return 4.0 * (double)batch * (recompute ? step_max + inputs : acts + inputs);
+    return cf_flow_activation_bytes(flow, batch, recompute);
 }
 
-bool cli_check_flow_memory(const char *cmd, const cf_flow *flow, int64_t batch, bool training,
-                           bool recompute)
+/* Prints a message and returns false when `need` bytes would not fit in the machine. */
+static bool fits(const char *cmd, double need, bool training, bool recompute)
 {
-    double params = (double)cf_params_numel(cf_flow_params((cf_flow *)flow));
-    double acts = training ? cli_flow_activation_bytes(flow, batch, recompute)
-                           : cli_flow_activation_bytes(flow, batch, true);
-    double need = params * 4 * (training ? 4 : 1) + acts;
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
     double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
     if (have > 0 && need > 0.9 * have) {
@@ -303,6 +241,19 @@ bool cli_check_flow_memory(const char *cmd, const cf_flow *flow, int64_t batch, 
         return false;
     }
     return true;
+}
+
+bool cli_check_memory(const char *cmd, const cf_flow_config *c, int64_t batch, bool training,
+                      bool recompute)
+{
+    return fits(cmd, cf_flow_config_memory_bytes(c, batch, training, recompute), training,
+                recompute);
+}
+
+bool cli_check_flow_memory(const char *cmd, const cf_flow *flow, int64_t batch, bool training,
+                           bool recompute)
+{
+    return fits(cmd, cf_flow_memory_bytes(flow, batch, training, recompute), training, recompute);
 }
 
 cf_flow *cli_load_flow(const char *cmd, const char *path, cf_ckpt_meta *meta)

@@ -30,7 +30,7 @@
 
 #include "cf_checkpoint.h"
 #include "cf_io_impl.h"
-#include "cincflow.h" /* CF_VERSION_STRING, and nothing else */
+#include "cf_version.h"
 
 /* Limits on what a file may make the loader allocate outside the tensors. */
 #define MAX_STRING_BYTES   (1 << 20)

@@ -211,6 +211,18 @@ cf_status cf_flow_encode(cf_flow *flow, cf_ctx *ctx, cf_tensor *x, cf_flow_io *i
 cf_status cf_flow_sample(cf_flow *flow, cf_ctx *ctx, int64_t n, double temperature,
                          cf_rng *rng, cf_tensor **x);
 
+/* Memory estimates (bytes, f32), for refusing a model before it is allocated: what a training
+ * step keeps of activations for `batch` images (plain, or with recomputation), and what the
+ * model needs in all (parameters, and when training their gradients and two Adam moments, plus
+ * activations; a grad-free pass needs about a layer's worth). From the built-in model's
+ * settings, before building it, or from a built flow of any architecture. Rough: calibrated on
+ * measured arenas to about 10%. */
+double cf_flow_config_activation_bytes(const cf_flow_config *cfg, int64_t batch, bool recompute);
+double cf_flow_config_memory_bytes(const cf_flow_config *cfg, int64_t batch, bool training,
+                                   bool recompute);
+double cf_flow_activation_bytes(const cf_flow *flow, int64_t batch, bool recompute);
+double cf_flow_memory_bytes(const cf_flow *flow, int64_t batch, bool training, bool recompute);
+
 /* Prints the layer list (name, kind, in and out shapes, parameters) and closes with
  * "params: N, forward GFLOP/image: F". */
 void cf_flow_print(const cf_flow *flow, FILE *out);

@@ -41,10 +41,7 @@
 #ifndef CINCFLOW_H
 #define CINCFLOW_H
 
-#define CF_VERSION_MAJOR 0
-#define CF_VERSION_MINOR 1
-#define CF_VERSION_PATCH 0
-#define CF_VERSION_STRING "0.1.0"
+#include "cf_version.h"
 
 #include "cf_status.h"
 #include "cf_tensor.h"

@@ -19,7 +19,6 @@
  */
 #include <omp.h>
 
-#include "cf_autodiff_impl.h"
 #include "cf_models_impl.h"
 
 typedef struct coupling_net {
@@ -117,7 +116,7 @@ static cf_status coupling_inverse(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
     }
     for (int64_t b0 = 0; b0 < B; b0 += G) {
         const int64_t n = B - b0 < G ? B - b0 : G;
-        const cf__mark mark = cf__arena_get_mark(ctx);
+        const cf_ctx_mark mark = cf_ctx_get_mark(ctx);
         cf_tensor *xg = G == B ? x : cf__batch_view(ctx, x, b0, n);
         cf_tensor *yg = G == B ? y : cf__batch_view(ctx, y, b0, n);
         if (!xg || !yg) return cf_ctx_status(ctx);
@@ -126,7 +125,7 @@ static cf_status coupling_inverse(cf_layer *self, cf_ctx *ctx, cf_flow_io *io)
             if (!h) return cf_ctx_status(ctx);
             cf_coupling_inverse_block(xg, yg, h, net_inputs(l, k));
         }
-        if (G != B) cf__arena_release(ctx, mark);
+        if (G != B) cf_ctx_release_to(ctx, mark);
     }
     io->x = x;
     return CF_OK;

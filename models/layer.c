@@ -1,7 +1,6 @@
 /* layer.c: what the flow layers share beyond the public layer API (layer_api.c): the running
  * log-det and log-density, actnorm's data-dependent initialisation (and the reducer that sums
  * its statistics over processes), Glow's zero-initialised convolution, and drawing latents. */
-#include "cf_autodiff_impl.h"
 #include "cf_models_impl.h"
 
 static cf_status accumulate(cf_ctx *ctx, cf_tensor **acc, cf_tensor *term, int64_t batch)
@@ -118,10 +117,8 @@ cf_tensor *cf__batch_view(cf_ctx *ctx, const cf_tensor *t, int64_t b0, int64_t n
     int64_t shape[CF_MAX_DIMS];
     for (int d = 0; d < t->ndim; d++) shape[d] = t->shape[d];
     shape[0] = n;
-    cf_tensor *v = cf__tensor_new_borrowed(ctx, t->dtype, t->ndim, shape);
     const size_t per_image = (size_t)(t->numel / t->shape[0]) * cf_dtype_size(t->dtype);
-    if (v) v->data = (char *)t->data + (size_t)b0 * per_image;
-    return v;
+    return cf_tensor_view(ctx, t->dtype, t->ndim, shape, (char *)t->data + (size_t)b0 * per_image);
 }
 
 cf_tensor *cf__channels(cf_ctx *ctx, cf_tensor *x, int64_t start, int64_t count)
