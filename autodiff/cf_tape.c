@@ -123,8 +123,9 @@ cf_status cf_backward_multi(cf_ctx *ctx, int n_roots, cf_tensor *const *roots,
                 if (!root) n->grad_out_dead |= 1u << o;
             }
         cf_kernel_fn bwd = n->op->backward;
-        if (n->fast && n->op->fast[n->in[0]->dtype].backward)
-            bwd = n->op->fast[n->in[0]->dtype].backward;
+        bool fast_bwd = n->fast && n->op->fast[n->in[0]->dtype].backward;
+        if (fast_bwd) bwd = n->op->fast[n->in[0]->dtype].backward;
+        cf__op_count_run(n->op, true, fast_bwd);
         const cf__mark mark = cf__scratch_get_mark(ctx);
         cf_status st = bwd(n);
         cf__scratch_release(ctx, mark);
