@@ -142,6 +142,13 @@ cf_op_runs cf_op_runs_of(const cf_op_def *op);
 /* Sets every op's counts to zero. */
 void cf_op_runs_reset(void);
 
+/* For tests of the tests: fn(n, user) is called after every backward kernel, with the node
+ * whose backward just ran (its input gradients written), so a test can put a known fault into
+ * one element of one gradient and show that a check catches it. NULL (the default) removes
+ * it. The hook is borrowed; set it only while no backward runs. */
+typedef void (*cf_backward_hook_fn)(cf_node *n, void *user);
+void cf_backward_set_hook(cf_backward_hook_fn fn, void *user);
+
 /* ---- applying ------------------------------------------------------------------------ */
 
 /* How many outputs an application of `op` with these attributes and inputs has. */
