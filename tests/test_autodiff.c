@@ -242,6 +242,38 @@ START_TEST(test_fan_out)
 }
 END_TEST
 
+/* dx += 3 dy, handed over as a gradient tensor of the kernel's own (cf_node_accumulate_grad). */
+static cf_status triple_bwd_accumulate(cf_node *n)
+{
+    const cf_tensor *x = n->in[0], *y = n->out[0];
+    cf_tensor *g = cf_tensor_new(n->ctx, x->dtype, x->ndim, x->shape);
+    if (!g) return cf_ctx_status(n->ctx);
+    for (int64_t i = 0; i < x->numel; i++) cf_tensor_set(g, i, 3.0 * cf_buf_get(y->dtype, y->grad, i));
+    return cf_node_accumulate_grad(n, 0, g);
+}
+static const cf_op_def op_triple_accumulate = {.name = "test_triple_accumulate", .n_inputs = 1,
+                                               .n_outputs = 1, .infer = same_shape_infer,
+                                               .forward = triple_fwd,
+                                               .backward = triple_bwd_accumulate};
+
+/* A gradient handed over with cf_node_accumulate_grad adds to what the input already has:
+ * loss = sum(3x + x) gives 4 everywhere, whichever backward runs first. */
+START_TEST(test_accumulate_grad_adds)
+{
+    for (int order = 0; order < 2; order++) {
+        cf_ctx *ctx = cf_ctx_new(0);
+        cf_tensor *x = cf_tensor_new_v(ctx, CF_F64, 2, 3);
+        cf_tensor_fill(x, 0.25);
+        ck_assert_int_eq(cf_tensor_requires_grad(ctx, x), CF_OK);
+        cf_tensor *t = cf_op_apply1(ctx, &op_triple_accumulate, 1, &x, NULL);
+        cf_tensor *y = order ? cf_add(ctx, x, t) : cf_add(ctx, t, x);
+        ck_assert_int_eq(cf_backward(ctx, cf_sum_all(ctx, y)), CF_OK);
+        for (int i = 0; i < 6; i++) ck_assert_double_eq_tol(cf_buf_get(CF_F64, x->grad, i), 4.0, 1e-12);
+        cf_ctx_free(ctx);
+    }
+}
+END_TEST
+
 START_TEST(test_backward_twice_is_an_error)
 {
     cf_ctx *ctx = cf_ctx_new(0);
@@ -665,6 +697,7 @@ static Suite *autodiff_suite(void)
     tcase_add_test(tc, test_arena_reuse_across_steps);
     tcase_add_test(tc, test_kernel_scratch_is_reused);
     tcase_add_test(tc, test_fan_out);
+    tcase_add_test(tc, test_accumulate_grad_adds);
     tcase_add_test(tc, test_backward_twice_is_an_error);
     tcase_add_test(tc, test_retain_allows_second_backward);
     tcase_add_test(tc, test_non_scalar_needs_seed);
