@@ -81,5 +81,7 @@ cf_tensor *cf__tensor_new_borrowed(cf_ctx *ctx, cf_dtype dtype, int ndim, const 
 void cf__register_builtins(void);
 /* cf_op_register's checks, for use while the registry initialises itself. */
 cf_status cf__op_register_builtin(const cf_op_def *def);
+/* Counts one kernel run of op (forward or backward, fast or reference): see cf_op_runs. */
+void cf__op_count_run(const cf_op_def *op, bool backward, bool fast);
 
 #endif

@@ -335,8 +335,9 @@ cf_status cf_op_case_inputs(const cf_op_case *c, cf_dtype dtype, uint64_t seed,
  * gradients (in that order) into vals, a list of n_vals arrays it allocates. */
 static cf_status run_family(const cf_op_def *op, int n_in, cf_tensor *const *inputs,
                             const void *attrs, cf_kernels family, double **vals, int64_t *counts,
-                            int *n_vals)
+                            int *n_vals, bool *backward_ran)
 {
+    *backward_ran = false;
     cf_ctx *ctx = cf_ctx_new(0);
     if (!ctx) return CF_ERR_NOMEM;
     cf_ctx_set_kernels(ctx, family);
@@ -364,7 +365,10 @@ static cf_status run_family(const cf_op_def *op, int n_in, cf_tensor *const *inp
         roots[n_roots] = out[o];
         seeds[n_roots++] = s;
     }
-    if (st == CF_OK && n_roots) st = cf_backward_multi(ctx, n_roots, roots, seeds, 0);
+    if (st == CF_OK && n_roots) {
+        st = cf_backward_multi(ctx, n_roots, roots, seeds, 0);
+        *backward_ran = st == CF_OK;
+    }
     *n_vals = 0;
     for (int o = 0; st == CF_OK && o < n_out; o++) {
         vals[*n_vals] = malloc((size_t)(out[o]->numel + 1) * sizeof(double));
@@ -403,9 +407,27 @@ cf_status cf_opcheck_fast(const cf_op_def *op, int n_in, cf_tensor *const *input
     double *fast[MAXV] = {0}, *ref[MAXV] = {0};
     int64_t nf[MAXV], nr[MAXV];
     int n_fast = 0, n_ref = 0;
-    cf_status st = run_family(op, n_in, inputs, attrs, CF_KERNELS_FAST, fast, nf, &n_fast);
+    bool fast_bwd = false, ref_bwd = false;
+    /* The run record proves which kernels ran: a fast kernel that silently fell back to the
+     * reference (dispatch broken) would otherwise compare the reference with itself. */
+    const cf_op_runs r0 = cf_op_runs_of(op);
+    cf_status st = run_family(op, n_in, inputs, attrs, CF_KERNELS_FAST, fast, nf, &n_fast,
+                              &fast_bwd);
+    const cf_op_runs r1 = cf_op_runs_of(op);
     if (st == CF_OK)
-        st = run_family(op, n_in, inputs, attrs, CF_KERNELS_REFERENCE, ref, nr, &n_ref);
+        st = run_family(op, n_in, inputs, attrs, CF_KERNELS_REFERENCE, ref, nr, &n_ref, &ref_bwd);
+    const cf_op_runs r2 = cf_op_runs_of(op);
+    if (st == CF_OK && r1.forward_fast == r0.forward_fast)
+        st = cf_set_error(CF_ERR_STATE, "op '%s': its fast f32 forward kernel did not run with "
+                                        "CF_KERNELS_FAST", op->name);
+    if (st == CF_OK && fast_bwd && op->fast[CF_F32].backward &&
+        r1.backward_fast == r0.backward_fast)
+        st = cf_set_error(CF_ERR_STATE, "op '%s': its fast f32 backward kernel did not run "
+                                        "after its fast forward", op->name);
+    if (st == CF_OK && (r2.forward_reference == r1.forward_reference ||
+                        (ref_bwd && r2.backward_reference == r1.backward_reference)))
+        st = cf_set_error(CF_ERR_STATE, "op '%s': its reference kernels did not run with "
+                                        "CF_KERNELS_REFERENCE", op->name);
     for (int v = 0; st == CF_OK && v < n_fast; v++) {
         double scale = 1, err = 0;
         for (int64_t k = 0; k < nr[v]; k++) scale = fmax(scale, fabs(ref[v][k]));

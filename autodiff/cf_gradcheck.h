@@ -67,7 +67,10 @@ cf_status cf_op_case_inputs(const cf_op_case *c, cf_dtype dtype, uint64_t seed,
 
 /* Compares an op's fast kernels (forward and backward, f32) with its reference kernels on the
  * same f32 inputs: max |fast - ref| / max(1, max |ref|) over outputs and input gradients.
- * Sets *has_fast false (and returns CF_OK) when the op has no fast f32 kernel. */
+ * Sets *has_fast false (and returns CF_OK) when the op has no fast f32 kernel. Fails with
+ * CF_ERR_STATE (cf_last_error says which) when the run record (cf_op_runs) shows that the fast
+ * forward, or the op's fast backward, did not run in the fast pass, or the reference kernels
+ * did not run in the reference pass. */
 cf_status cf_opcheck_fast(const cf_op_def *op, int n_in, cf_tensor *const *inputs,
                           const void *attrs, bool *has_fast, double *max_err);
 

@@ -5,6 +5,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,12 @@
 
 static const cf_op_def *registry[CF_MAX_OPS];
 static int registry_count;
+/* registry_count as lock-free readers see it: stored (release) after registry[i] is set. */
+static atomic_int registry_published;
+
+/* Kernel runs per registered op, by registry index (see cf_op_runs). */
+enum { RUN_FWD_FAST, RUN_FWD_REF, RUN_BWD_FAST, RUN_BWD_REF, RUN_KINDS };
+static atomic_uint_fast64_t op_runs[CF_MAX_OPS][RUN_KINDS];
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t builtins_once = PTHREAD_ONCE_INIT;
 
@@ -55,6 +62,7 @@ static cf_status register_locked(const cf_op_def *def)
         return cf_set_error(CF_ERR_NOMEM, "cf_op_register: the registry is full (%d ops)",
                             CF_MAX_OPS);
     registry[registry_count++] = def;
+    atomic_store_explicit(&registry_published, registry_count, memory_order_release);
     return CF_OK;
 }
 
@@ -108,6 +116,43 @@ const cf_op_def *cf_op_at(int i)
     const cf_op_def *def = (i >= 0 && i < registry_count) ? registry[i] : NULL;
     pthread_mutex_unlock(&registry_lock);
     return def;
+}
+
+/* ---- which kernels ran ---------------------------------------------------------------- */
+
+static int registry_index(const cf_op_def *op)
+{
+    int n = atomic_load_explicit(&registry_published, memory_order_acquire);
+    for (int i = 0; i < n; i++)
+        if (registry[i] == op) return i;
+    return -1;
+}
+
+void cf__op_count_run(const cf_op_def *op, bool backward, bool fast)
+{
+    int i = registry_index(op);
+    if (i < 0) return;
+    int kind = backward ? (fast ? RUN_BWD_FAST : RUN_BWD_REF) : (fast ? RUN_FWD_FAST : RUN_FWD_REF);
+    atomic_fetch_add_explicit(&op_runs[i][kind], 1, memory_order_relaxed);
+}
+
+cf_op_runs cf_op_runs_of(const cf_op_def *op)
+{
+    cf_op_runs r = {0};
+    int i = op ? registry_index(op) : -1;
+    if (i < 0) return r;
+    r.forward_fast = atomic_load_explicit(&op_runs[i][RUN_FWD_FAST], memory_order_relaxed);
+    r.forward_reference = atomic_load_explicit(&op_runs[i][RUN_FWD_REF], memory_order_relaxed);
+    r.backward_fast = atomic_load_explicit(&op_runs[i][RUN_BWD_FAST], memory_order_relaxed);
+    r.backward_reference = atomic_load_explicit(&op_runs[i][RUN_BWD_REF], memory_order_relaxed);
+    return r;
+}
+
+void cf_op_runs_reset(void)
+{
+    for (int i = 0; i < CF_MAX_OPS; i++)
+        for (int k = 0; k < RUN_KINDS; k++)
+            atomic_store_explicit(&op_runs[i][k], 0, memory_order_relaxed);
 }
 
 /* ---- applying ------------------------------------------------------------------------ */
@@ -222,6 +267,7 @@ cf_status cf_op_apply(cf_ctx *ctx, const cf_op_def *op, int n_in, cf_tensor *con
         fwd = op->fast[dt].forward;
         node->fast = true;
     }
+    cf__op_count_run(op, false, node->fast);
     const cf__mark mark = cf__scratch_get_mark(ctx);
     st = fwd(node);
     cf__scratch_release(ctx, mark);

@@ -123,6 +123,32 @@ const cf_op_def *cf_op_find(const char *name);
 int cf_op_count(void);
 const cf_op_def *cf_op_at(int i);
 
+/* ---- which kernels ran ---------------------------------------------------------------- */
+
+/* Kernel runs of one op, counted by cf_op_apply (forward) and cf_backward (backward) since the
+ * program started or the last cf_op_runs_reset(). A forward counts as fast when the context
+ * chose the op's fast kernel for the inputs' dtype; a backward counts as fast when that node's
+ * fast backward ran (an op with a fast forward but no fast backward counts a fast forward and
+ * a reference backward). Tests read it to prove that a fast-vs-reference comparison really
+ * ran the fast kernels. */
+typedef struct cf_op_runs {
+    uint64_t forward_fast, forward_reference;
+    uint64_t backward_fast, backward_reference;
+} cf_op_runs;
+
+/* The counts of a registered op (all zero for an op that is not registered). Counts are
+ * updated atomically, so kernels on several threads are all counted. */
+cf_op_runs cf_op_runs_of(const cf_op_def *op);
+/* Sets every op's counts to zero. */
+void cf_op_runs_reset(void);
+
+/* For tests of the tests: fn(n, user) is called after every backward kernel, with the node
+ * whose backward just ran (its input gradients written), so a test can put a known fault into
+ * one element of one gradient and show that a check catches it. NULL (the default) removes
+ * it. The hook is borrowed; set it only while no backward runs. */
+typedef void (*cf_backward_hook_fn)(cf_node *n, void *user);
+void cf_backward_set_hook(cf_backward_hook_fn fn, void *user);
+
 /* ---- applying ------------------------------------------------------------------------ */
 
 /* How many outputs an application of `op` with these attributes and inputs has. */

@@ -13,6 +13,15 @@
 
 #include "cf_autodiff_impl.h"
 
+static cf_backward_hook_fn backward_hook;
+static void *backward_hook_user;
+
+void cf_backward_set_hook(cf_backward_hook_fn fn, void *user)
+{
+    backward_hook = fn;
+    backward_hook_user = user;
+}
+
 static void *zeroed_grad(cf_ctx *ctx, cf_tensor *t)
 {
     size_t bytes = (size_t)t->numel * cf_dtype_size(t->dtype);
@@ -123,10 +132,12 @@ cf_status cf_backward_multi(cf_ctx *ctx, int n_roots, cf_tensor *const *roots,
                 if (!root) n->grad_out_dead |= 1u << o;
             }
         cf_kernel_fn bwd = n->op->backward;
-        if (n->fast && n->op->fast[n->in[0]->dtype].backward)
-            bwd = n->op->fast[n->in[0]->dtype].backward;
+        bool fast_bwd = n->fast && n->op->fast[n->in[0]->dtype].backward;
+        if (fast_bwd) bwd = n->op->fast[n->in[0]->dtype].backward;
+        cf__op_count_run(n->op, true, fast_bwd);
         const cf__mark mark = cf__scratch_get_mark(ctx);
         cf_status st = bwd(n);
+        if (st == CF_OK && backward_hook) backward_hook(n, backward_hook_user);
         cf__scratch_release(ctx, mark);
         if (st != CF_OK || ctx->status != CF_OK) {
             if (ctx->status == CF_OK) cf_ctx_fail(ctx, st, "op '%s': backward failed", n->op->name);

@@ -375,7 +375,11 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
     }
     for (;;) {
         double elapsed = cli_now() - t_start;
-        int64_t epoch = cf_batcher_get_state(batcher).epoch;
+        /* Epochs done: the batcher moves to the next epoch only when its next batch is taken,
+         * so an epoch whose last step was taken counts as done. */
+        const cf_batcher_state bs = cf_batcher_get_state(batcher);
+        int64_t epoch = bs.epoch + (bs.position >= cf_batcher_batches_per_epoch(batcher) *
+                                                       global_batch);
         bool stop = size > 1 ? stop_all : (o.minutes && elapsed >= 60 * o.minutes) || interrupted;
         if ((o.steps && step >= o.steps) || (o.epochs && epoch >= o.epochs) || stop) break;
         if (cf_batcher_next(batcher, x, NULL, NULL) != CF_OK) {

@@ -8,6 +8,10 @@ train`), on seeded synthetic images with a small CInC flow and one thread per pr
                the mean over ranks).
   resume       2 ranks: N steps, checkpoint, then a resume for N more, and 2N steps straight,
                end with bit-identical parameters, optimizer moments and state.
+  resume_ranks `--resume` under another number of ranks: 2 ranks x batch 8 for N steps, then
+               a resume as 1 process x batch 16 for N more, end as 2N steps straight on 2 ranks
+               (each tensor within 1e-5 relative, L2, as in equivalence; the data order and
+               the step count carry over); and the other way round, 1 x 16 then 2 x 8.
   rank_dies    a rank killed (SIGKILL) mid-training, and a failure seen by rank 0 alone (its
                checkpoint cannot be written), each end the whole job with a non-zero status
                within a minute instead of leaving the other rank waiting.
@@ -139,6 +143,50 @@ def resume(mpiexec, cincflow, tmp):
     return 0
 
 
+def largest_difference(a, b):
+    worst, where = 0.0, ""
+    for k in a:
+        if not (k.startswith("params/") or k.startswith("state/") or k.startswith("optimizer/")):
+            continue
+        x, y = np.asarray(a[k], float), np.asarray(b[k], float)
+        rel = np.linalg.norm(x - y) / max(np.linalg.norm(x), 1e-30)
+        if rel > worst:
+            worst, where = rel, k
+    return worst, where
+
+
+def resume_ranks(mpiexec, cincflow, tmp):
+    n = 7  # 96 images, 16 a step: 6 steps an epoch, so the second half crosses an epoch
+    common = ["--data", "synthetic:8x8x1:96"] + MODEL[2:] + QUIET + [
+        "--init-images", "32", "--checkpoint-every", "3"]
+    whole = os.path.join(tmp, "whole.h5")
+    mpirun(mpiexec, 2, cincflow, common + ["--batch", "8", "--steps", str(2 * n),
+                                           "--checkpoint", whole])
+    ok = True
+    for first, second in ((2, 1), (1, 2)):
+        half = os.path.join(tmp, f"half_{first}_{second}.h5")
+        for ranks, steps, extra in ((first, n, []), (second, 2 * n, ["--resume", half])):
+            args = common + ["--batch", str(16 // ranks), "--steps", str(steps),
+                             "--checkpoint", half] + extra
+            out = mpirun(mpiexec, 2, cincflow, args) if ranks == 2 else run(
+                [cincflow, "train", *args])
+            if extra and out.count("resumed") != 1:
+                print(out)
+                print("expected one 'resumed' line")
+                return 1
+        a, b = datasets(whole), datasets(half)
+        if sorted(a) != sorted(b):
+            print("the checkpoints hold different tensors:", sorted(set(a) ^ set(b)))
+            return 1
+        worst, where = largest_difference(a, b)
+        step_ok = int(a["@step"]) == int(b["@step"]) == 2 * n
+        print(f"resume_ranks: {n} steps on {first} rank(s) x {16 // first}, resumed on {second} "
+              f"x {16 // second} for {n} more, against {2 * n} straight on 2 x 8: largest "
+              f"relative difference {worst:.2e} ({where}), steps {a['@step']} and {b['@step']}")
+        ok = ok and worst <= 1e-5 and step_ok
+    return 0 if ok else 1
+
+
 def rank_pid(tag, rank, timeout=60):
     """The pid of the process of this rank started with CF_TEST_TAG=tag, once it exists."""
     want = {f"CF_TEST_TAG={tag}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode()}
@@ -205,7 +253,8 @@ def rank_dies(mpiexec, cincflow, tmp):
 
 def main():
     mpiexec, cincflow, mode = sys.argv[1:4]
-    modes = {"equivalence": equivalence, "resume": resume, "rank_dies": rank_dies}
+    modes = {"equivalence": equivalence, "resume": resume, "resume_ranks": resume_ranks,
+             "rank_dies": rank_dies}
     with tempfile.TemporaryDirectory() as tmp:
         return modes[mode](mpiexec, cincflow, tmp)
 

@@ -87,6 +87,7 @@ TEST_OP(op_triple, "test_triple", triple_bwd);
 TEST_OP(op_triple_bad, "test_triple_bad", triple_bwd_off_by_one_percent);
 TEST_OP(op_silent, "test_silent", silent_bwd);
 TEST_OP(op_wrong_shape, "test_wrong_shape", wrong_shape_bwd);
+TEST_OP(op_counted, "test_counted", triple_bwd); /* registered by test_op_runs_record only */
 static const cf_op_def op_zero = {.name = "test_zero", .n_inputs = 1, .n_outputs = 1,
                                   .infer = same_shape_infer, .forward = zero_fwd,
                                   .backward = zero_bwd};
@@ -241,6 +242,38 @@ START_TEST(test_fan_out)
 }
 END_TEST
 
+/* dx += 3 dy, handed over as a gradient tensor of the kernel's own (cf_node_accumulate_grad). */
+static cf_status triple_bwd_accumulate(cf_node *n)
+{
+    const cf_tensor *x = n->in[0], *y = n->out[0];
+    cf_tensor *g = cf_tensor_new(n->ctx, x->dtype, x->ndim, x->shape);
+    if (!g) return cf_ctx_status(n->ctx);
+    for (int64_t i = 0; i < x->numel; i++) cf_tensor_set(g, i, 3.0 * cf_buf_get(y->dtype, y->grad, i));
+    return cf_node_accumulate_grad(n, 0, g);
+}
+static const cf_op_def op_triple_accumulate = {.name = "test_triple_accumulate", .n_inputs = 1,
+                                               .n_outputs = 1, .infer = same_shape_infer,
+                                               .forward = triple_fwd,
+                                               .backward = triple_bwd_accumulate};
+
+/* A gradient handed over with cf_node_accumulate_grad adds to what the input already has:
+ * loss = sum(3x + x) gives 4 everywhere, whichever backward runs first. */
+START_TEST(test_accumulate_grad_adds)
+{
+    for (int order = 0; order < 2; order++) {
+        cf_ctx *ctx = cf_ctx_new(0);
+        cf_tensor *x = cf_tensor_new_v(ctx, CF_F64, 2, 3);
+        cf_tensor_fill(x, 0.25);
+        ck_assert_int_eq(cf_tensor_requires_grad(ctx, x), CF_OK);
+        cf_tensor *t = cf_op_apply1(ctx, &op_triple_accumulate, 1, &x, NULL);
+        cf_tensor *y = order ? cf_add(ctx, x, t) : cf_add(ctx, t, x);
+        ck_assert_int_eq(cf_backward(ctx, cf_sum_all(ctx, y)), CF_OK);
+        for (int i = 0; i < 6; i++) ck_assert_double_eq_tol(cf_buf_get(CF_F64, x->grad, i), 4.0, 1e-12);
+        cf_ctx_free(ctx);
+    }
+}
+END_TEST
+
 START_TEST(test_backward_twice_is_an_error)
 {
     cf_ctx *ctx = cf_ctx_new(0);
@@ -379,6 +412,46 @@ START_TEST(test_assert_on_misuse)
 END_TEST
 
 /* ---- registry ------------------------------------------------------------------------------ */
+
+/* The run record counts what ran: a fast context runs tanh's fast forward and backward, a
+ * reference context the reference ones, an op without fast kernels only reference ones, an
+ * unregistered op nothing; reset zeroes the counts. */
+START_TEST(test_op_runs_record)
+{
+    cf_op_runs_reset();
+    const cf_op_def *tanh_op = cf_op_find("tanh"), *relu_op = cf_op_find("relu");
+    ck_assert_ptr_nonnull(tanh_op);
+    for (int family = 0; family < 2; family++) {
+        cf_ctx *ctx = cf_ctx_new(0);
+        cf_ctx_set_kernels(ctx, family ? CF_KERNELS_REFERENCE : CF_KERNELS_FAST);
+        cf_tensor *x = cf_tensor_new_v(ctx, CF_F32, 2, 3, 4);
+        cf_tensor_fill(x, 0.5);
+        cf_tensor_requires_grad(ctx, x);
+        cf_tensor *y = cf_op_apply1(ctx, &op_counted, 1, &(cf_tensor *){cf_tanh(ctx, x)}, NULL);
+        ck_assert_int_eq(cf_backward(ctx, cf_sum_all(ctx, y)), CF_OK);
+        cf_ctx_free(ctx);
+    }
+    cf_op_runs t = cf_op_runs_of(tanh_op);
+    ck_assert(t.forward_fast == 1 && t.backward_fast == 1);
+    ck_assert(t.forward_reference == 1 && t.backward_reference == 1);
+    cf_op_runs r = cf_op_runs_of(relu_op);
+    ck_assert(r.forward_fast == 0 && r.forward_reference == 0);
+    cf_op_runs u = cf_op_runs_of(&op_counted); /* not registered */
+    ck_assert(u.forward_fast == 0 && u.forward_reference == 0 && u.backward_reference == 0);
+    ck_assert_int_eq(cf_op_register(&op_counted), CF_OK);
+    cf_ctx *ctx = cf_ctx_new(0);
+    cf_tensor *x = cf_tensor_new_v(ctx, CF_F32, 1, 5);
+    cf_tensor_requires_grad(ctx, x);
+    ck_assert_int_eq(cf_backward(ctx, cf_sum_all(ctx, cf_op_apply1(ctx, &op_counted, 1, &x, NULL))),
+                     CF_OK);
+    cf_ctx_free(ctx);
+    u = cf_op_runs_of(&op_counted); /* no fast kernels: its runs are reference runs */
+    ck_assert(u.forward_fast == 0 && u.forward_reference == 1 && u.backward_reference == 1);
+    cf_op_runs_reset();
+    t = cf_op_runs_of(tanh_op);
+    ck_assert(t.forward_fast == 0 && t.backward_fast == 0 && t.forward_reference == 0);
+}
+END_TEST
 
 START_TEST(test_registry)
 {
@@ -551,8 +624,34 @@ START_TEST(test_gradcheck_graph_fast_mode)
     g.extra = &op_triple_bad;
     opts.fast = false;
     ck_assert_int_eq(cf_gradcheck_graph(mlp_fn, &g, 2, wrt, &opts, &res), CF_ERR_GRADCHECK);
+    ck_assert_ptr_nonnull(strstr(res.message, "element"));
+    /* The same fault in fast mode (random directions only). */
+    opts.fast = true;
+    opts.n_directions = 8;
+    ck_assert_int_eq(cf_gradcheck_graph(mlp_fn, &g, 2, wrt, &opts, &res), CF_ERR_GRADCHECK);
+    ck_assert(!res.passed);
+    ck_assert_ptr_nonnull(strstr(res.message, "direction"));
     cf_tensor_free(g.x);
     cf_params_free(ps);
+}
+END_TEST
+
+/* Fast mode on its own catches the 1%-in-one-element fault on the op alone, for every seed of
+ * its directions tried, and passes the correct op with the same directions. */
+START_TEST(test_gradcheck_fast_mode_catches_one_element)
+{
+    cf_tensor *x = heap(CF_F64, 2, (int64_t[]){4, 5}, -1, 1, 3);
+    cf_gradcheck_result res;
+    for (uint64_t seed = 1; seed <= 5; seed++) {
+        cf_gradcheck_opts fast = {.fast = true, .n_directions = 8, .seed = seed};
+        ck_assert_int_eq(cf_gradcheck_op(&op_triple, 1, &x, NULL, &fast, &res), CF_OK);
+        ck_assert_int_eq(res.values_checked, 8);
+        ck_assert_int_eq(cf_gradcheck_op(&op_triple_bad, 1, &x, NULL, &fast, &res),
+                         CF_ERR_GRADCHECK);
+        ck_assert(!res.passed);
+        ck_assert_ptr_nonnull(strstr(res.message, "direction"));
+    }
+    cf_tensor_free(x);
 }
 END_TEST
 
@@ -598,6 +697,7 @@ static Suite *autodiff_suite(void)
     tcase_add_test(tc, test_arena_reuse_across_steps);
     tcase_add_test(tc, test_kernel_scratch_is_reused);
     tcase_add_test(tc, test_fan_out);
+    tcase_add_test(tc, test_accumulate_grad_adds);
     tcase_add_test(tc, test_backward_twice_is_an_error);
     tcase_add_test(tc, test_retain_allows_second_backward);
     tcase_add_test(tc, test_non_scalar_needs_seed);
@@ -611,6 +711,7 @@ static Suite *autodiff_suite(void)
     if (!fork_mode || strcmp(fork_mode, "no") != 0)
         tcase_add_test_raise_signal(tc, test_assert_on_misuse, SIGABRT);
     tcase_add_test(tc, test_registry);
+    tcase_add_test(tc, test_op_runs_record);
     tcase_add_test(tc, test_params_flat_views);
     tcase_add_test(tc, test_rng_reproducible);
     suite_add_tcase(s, tc);
@@ -621,6 +722,7 @@ static Suite *autodiff_suite(void)
     tcase_add_test(gc, test_gradcheck_catches_one_percent_in_one_element);
     tcase_add_test(gc, test_gradcheck_refuses_degenerate_check);
     tcase_add_test(gc, test_gradcheck_graph_fast_mode);
+    tcase_add_test(gc, test_gradcheck_fast_mode_catches_one_element);
     tcase_add_test(gc, test_gradcheck_f32);
     suite_add_tcase(s, gc);
     return s;

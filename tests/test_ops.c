@@ -33,6 +33,26 @@ START_TEST(test_every_op_gradcheck)
 }
 END_TEST
 
+/* The run record (cf_op_runs) since `before`: with has_fast, the op's fast forward ran, and
+ * its fast backward too when it has one and takes a gradient; without, nothing fast ran. */
+static void assert_fast_ran(const cf_op_def *op, const cf_op_runs *before, bool has_fast)
+{
+    const cf_op_runs now = cf_op_runs_of(op);
+    if (!has_fast) {
+        ck_assert_msg(now.forward_fast == before->forward_fast, "op '%s' has no fast kernel but "
+                      "a fast forward was counted", op->name);
+        return;
+    }
+    ck_assert_msg(now.forward_fast > before->forward_fast, "op '%s': the fast forward never ran",
+                  op->name);
+    ck_assert_msg(now.forward_reference > before->forward_reference,
+                  "op '%s': the reference forward never ran", op->name);
+    unsigned all = op->n_inputs == CF_OP_VARIADIC ? ~0u : (1u << op->n_inputs) - 1u;
+    if (op->fast[CF_F32].backward && (op->no_grad_inputs & all) != all)
+        ck_assert_msg(now.backward_fast > before->backward_fast,
+                      "op '%s': the fast backward never ran", op->name);
+}
+
 START_TEST(test_every_op_fast_matches_reference)
 {
     const cf_op_def *op = cf_op_at(_i);
@@ -42,7 +62,10 @@ START_TEST(test_every_op_fast_matches_reference)
         ck_assert_int_eq(cf_op_case_inputs(&c, CF_F32, 200 + (uint64_t)k, in), CF_OK);
         bool has_fast;
         double err;
-        ck_assert_int_eq(cf_opcheck_fast(op, c.n_in, in, c.attrs, &has_fast, &err), CF_OK);
+        const cf_op_runs before = cf_op_runs_of(op);
+        cf_status st = cf_opcheck_fast(op, c.n_in, in, c.attrs, &has_fast, &err);
+        ck_assert_msg(st == CF_OK, "op '%s' case %d: %s", op->name, k, cf_last_error());
+        assert_fast_ran(op, &before, has_fast);
         ck_assert_msg(err <= FAST_TOLERANCE, "op '%s' case %d (%s): fast differs by %g",
                       op->name, k, c.label, err);
         for (int i = 0; i < c.n_in; i++) cf_tensor_free(in[i]);
@@ -59,26 +82,64 @@ static void check_fast_on_case(const cf_op_def *op, const cf_op_case *c, uint64_
     ck_assert_int_eq(cf_op_case_inputs(c, CF_F32, seed, in), CF_OK);
     bool has_fast;
     double err;
-    ck_assert_int_eq(cf_opcheck_fast(op, c->n_in, in, c->attrs, &has_fast, &err), CF_OK);
+    const cf_op_runs before = cf_op_runs_of(op);
+    cf_status st = cf_opcheck_fast(op, c->n_in, in, c->attrs, &has_fast, &err);
+    ck_assert_msg(st == CF_OK, "op '%s' %s: %s", op->name, what, cf_last_error());
     ck_assert(has_fast);
+    assert_fast_ran(op, &before, true);
     ck_assert_msg(err <= FAST_TOLERANCE, "op '%s' %s: fast differs by %g", op->name, what, err);
     for (int i = 0; i < c->n_in; i++) cf_tensor_free(in[i]);
 }
 
-/* Larger inputs take the OpenMP paths of the fast kernels. */
+/* Larger inputs (more than CF__PAR_MIN = 32768 elements) take the separate large-tensor loops
+ * and the OpenMP paths of the fast kernels. Every built-in op with a fast f32 kernel is taken
+ * on its first case with the height of each 4-D input stretched (an even factor, so squeeze's
+ * blocks still fit) past 40000 elements; the convolutions and matmul have shape-specific
+ * kernels, tested on their own shapes (test_conv.c). */
 START_TEST(test_fast_kernels_on_large_inputs)
 {
-    const char *names[] = {"add", "mul", "div", "exp", "sigmoid", "softplus", "sum", "mean",
-                           "gaussian_logp"};
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
-        const cf_op_def *op = cf_op_find(names[k]);
+    int tested = 0;
+    for (int k = 0; k < CF_OP_BUILTIN_COUNT; k++) {
+        const cf_op_def *op = cf_op_at(k);
+        if (!op->fast[CF_F32].forward || strncmp(op->name, "conv", 4) == 0 ||
+            strcmp(op->name, "matmul") == 0)
+            continue;
         cf_op_case c;
         ck_assert(cf_op_case_get(op, 0, &c));
-        for (int i = 0; i < c.n_in; i++) {
-            c.ndim[i] = 4;
-            c.shape[i][0] = 4, c.shape[i][1] = 32, c.shape[i][2] = 32, c.shape[i][3] = 16;
+        int64_t numel = 1;
+        for (int d = 0; d < c.ndim[0]; d++) numel *= c.shape[0][d];
+        ck_assert_msg(c.ndim[0] == 4, "op '%s': case 0 is not an image", op->name);
+        int64_t factor = (40000 + numel - 1) / numel;
+        factor += factor & 1;
+        for (int i = 0; i < c.n_in; i++)
+            if (c.ndim[i] == 4) c.shape[i][1] *= factor;
+        char what[64];
+        snprintf(what, sizeof what, "with %lld elements", (long long)(numel * factor));
+        check_fast_on_case(op, &c, 7, what);
+        tested++;
+    }
+    ck_assert_int_ge(tested, 20);
+}
+END_TEST
+
+/* The large-tensor branch of every op on image-batch shapes as training sees them: the binary
+ * ops with equal shapes and with a per-channel operand, at (4, 32, 32, 16). */
+START_TEST(test_fast_binary_on_large_inputs)
+{
+    const char *names[] = {"add", "sub", "mul", "div"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        const cf_op_def *op = cf_op_find(names[k]);
+        for (int index = 0; index < 2; index++) {
+            cf_op_case c;
+            ck_assert(cf_op_case_get(op, index, &c));
+            c.shape[0][0] = 4, c.shape[0][1] = 32, c.shape[0][2] = 32, c.shape[0][3] = 16;
+            if (index == 0)
+                for (int d = 0; d < 4; d++) c.shape[1][d] = c.shape[0][d];
+            else
+                c.shape[1][0] = 16;
+            check_fast_on_case(op, &c, 8 + (uint64_t)index, index ? "per-channel, large"
+                                                                   : "equal, large");
         }
-        check_fast_on_case(op, &c, 7, "on (4, 32, 32, 16)");
     }
 }
 END_TEST
@@ -357,6 +418,7 @@ static Suite *ops_suite(void)
     tcase_add_loop_test(all, test_every_op_gradcheck, 0, CF_OP_BUILTIN_COUNT);
     tcase_add_loop_test(all, test_every_op_fast_matches_reference, 0, CF_OP_BUILTIN_COUNT);
     tcase_add_test(all, test_fast_kernels_on_large_inputs);
+    tcase_add_test(all, test_fast_binary_on_large_inputs);
     tcase_add_test(all, test_conv_actnorm_epilogue_shapes);
     tcase_add_test(all, test_backward_keeps_output_gradient_when_asked);
     suite_add_tcase(s, all);
