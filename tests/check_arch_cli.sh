@@ -65,6 +65,33 @@ grep -q '^9 passed, 0 failed' check.txt || fail "check --arch: $(cat check.txt)"
 grep -q '"name":[[:space:]]*"s1.coupling"' custom.back.json || fail "arch --checkpoint lost a layer"
 grep -q '"hidden":[[:space:]]*12' custom.back.json || fail "arch --checkpoint lost a width"
 
+# train's features on an architecture file: threads, micro-batches, recomputation (plain and
+# rebuilt inputs), evaluation; each gives the plain run's parameters to rounding
+"$cincflow" train "${common[@]}" --arch custom.json --steps 4 --checkpoint plain.h5 >/dev/null
+ref=$("$cincflow" eval --checkpoint plain.h5 --data "$data" --split train --dequant midpoint)
+for variant in "--recompute on" "--recompute rebuild" "--micro-batch 4" "--threads 2"; do
+    "$cincflow" train --data "$data" --batch 16 --init-images 32 $variant --arch custom.json \
+        --steps 4 --eval-every 2 --eval-limit 32 --checkpoint v.h5 >train.txt ||
+        fail "train --arch with $variant: $(cat train.txt)"
+    grep -q "^step 4  test bpd " train.txt || fail "train --arch $variant did not evaluate"
+    got=$("$cincflow" eval --checkpoint v.h5 --data "$data" --split train --dequant midpoint)
+    awk -v a="${ref##* }" -v b="${got##* }" 'BEGIN { d = a - b; exit !(d < 1e-3 && d > -1e-3) }' ||
+        fail "train --arch with $variant: '$got', plain '$ref'"
+done
+# under MPI (when built with it): 2 ranks x 8 images train as 1 x 16
+if command -v mpirun >/dev/null && "$cincflow" train --help | grep -q -- '--batch'; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    if mpirun --allow-run-as-root --oversubscribe -np 2 "$cincflow" train --data "$data" \
+        --batch 8 --init-images 32 --threads 1 --arch custom.json --steps 4 --checkpoint mpi.h5 \
+        >mpi.txt 2>&1; then
+        got=$("$cincflow" eval --checkpoint mpi.h5 --data "$data" --split train --dequant midpoint)
+        awk -v a="${ref##* }" -v b="${got##* }" 'BEGIN { d = a - b; exit !(d < 1e-3 && d > -1e-3) }' ||
+            fail "2 ranks x 8 on --arch: '$got', 1 x 16 '$ref'"
+    else
+        grep -q "built without MPI" mpi.txt || fail "mpirun train --arch: $(cat mpi.txt)"
+    fi
+fi
+
 # 2. flags and the same model's arch file train to the same parameters
 "$cincflow" arch --shape 8x8x1 --levels 2 --depth 1 --width 8 --out same.json
 "$cincflow" train "${common[@]}" --levels 2 --depth 1 --width 8 --steps 4 --checkpoint f.h5 >/dev/null
