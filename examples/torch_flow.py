@@ -65,6 +65,7 @@ import load_checkpoint as lc  # noqa: E402  (the checkpoint, the architecture, t
 PROG = "torch_flow.py"
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 ModelError = lc.ModelError
+UNINITIALIZED = []  # actnorms initialised from data here, in order
 
 
 def parameter(ck, name, shape):
@@ -126,8 +127,11 @@ class ActnormParams(nn.Module):
                 self.bias.copy_(-mean)
                 self.logs.copy_(-torch.log(std + 1e-6))
                 self.initialized.fill_(1.0)
-            print(f"{PROG}: {self.name} was never initialized: initialised from the first "
-                  "batch it saw", file=sys.stderr)
+            if not UNINITIALIZED:
+                print(f"{PROG}: {self.name} (and maybe other actnorms) was never initialized: "
+                      "each takes its initialisation from the first batch it sees, so the "
+                      "result depends on --batch", file=sys.stderr)
+            UNINITIALIZED.append(self.name)
         return (x + self.bias) * torch.exp(self.logs)
 
     def inverse(self, y):
@@ -499,7 +503,7 @@ class Flow(nn.Module):
 
 def dequantize(k, dtype=torch.float64):
     """uint8 images (B, H, W, C) at the midpoint of each pixel's bin: k/256 - 0.5 + 1/512."""
-    return (torch.as_tensor(np.asarray(k)).to(dtype) + 0.5) / 256.0 - 0.5
+    return (torch.from_numpy(np.array(k, dtype=np.float64)).to(dtype) + 0.5) / 256.0 - 0.5
 
 
 def quantize(x):
