@@ -50,14 +50,15 @@ import math
 import os
 import sys
 
-import numpy as np
-
 try:
+    import h5py  # noqa: F401  (load_checkpoint.py reads the file with it)
+    import numpy as np
     import torch
     import torch.nn.functional as F
     from torch import nn
-except ImportError:
-    sys.exit("torch_flow.py: needs PyTorch (Debian: apt-get install python3-torch)")
+except ImportError as e:
+    sys.exit(f"torch_flow.py: needs {e.name} (Debian: apt-get install python3-torch python3-numpy "
+             "python3-h5py)")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load_checkpoint as lc  # noqa: E402  (the checkpoint, the architecture, the data)
