@@ -10,9 +10,10 @@ and a folder of 16x16 RGB PNGs whose rows use every PNG filter type), trains tin
 (CInC, 1x1 and emerging convolutions x quad and affine couplings; two and three levels) and for
 three hand-written architectures (`train --arch`: no split and two squeezes in a row with every
 masked_conv mask and a width per coupling; three splits between levels; a split of 3 channels
-first), and a format-1 copy of one checkpoint (no /arch). Then it requires `CINCFLOW eval
---dequant midpoint` and examples/load_checkpoint.py (numpy, float64) to agree to 1e-5
-bits/dim on the same images, the numpy side's closed-form log-determinants of the invertible
+first), a format-1 copy of one checkpoint (no /arch) and a copy whose actnorms were never
+initialised (each program initialises them from the batch it evaluates). Then it requires
+`CINCFLOW eval --dequant midpoint` and examples/load_checkpoint.py (numpy, float64) to agree to
+1e-5 bits/dim on the same images, the numpy side's closed-form log-determinants of the invertible
 convolutions to match the log-determinants of their whole Jacobians, and a checkpoint with a
 kind the loader does not know to be refused with a message naming the layer, the kind and its
 provider. tests/check_torch_model.py runs the same cases through examples/torch_flow.py.
@@ -181,6 +182,17 @@ def format1_copy(src, dst):
         f.attrs["format_version"] = np.int64(1)
 
 
+def uninitialized_copy(src, dst):
+    """A copy whose actnorms never took their data-dependent initialisation (flags 0): every
+    program initialises them from the first batch it evaluates."""
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        g.write(f.read())
+    with h5py.File(dst, "a") as f:
+        for name in f["state"]:
+            if name.endswith(".initialized"):
+                f["state"][name][()] = 0
+
+
 def unknown_kind_copy(src, dst, layer, kind, provider):
     """A copy whose /arch says layer has a kind no loader knows, from provider."""
     with open(src, "rb") as f, open(dst, "wb") as g:
@@ -240,6 +252,9 @@ def checkpoints(cincflow, tmp):
     f1 = os.path.join(tmp, "format1.h5")
     format1_copy(cases[2][1], f1)
     cases.append(("1x1+quad format 1", f1, cases[2][2], []))
+    u = os.path.join(tmp, "uninitialized.h5")
+    uninitialized_copy(cases[0][1], u)
+    cases.append(("cinc+quad uninit", u, cases[0][2], []))  # one batch: all 64 images
     return cases
 
 
@@ -254,7 +269,7 @@ def main(argv=None, variants=(("numpy", (), False),), tmp_prefix="cf_numpy_"):
     failures, worst, checks = [], {}, 0
     with tempfile.TemporaryDirectory(prefix=tmp_prefix) as tmp:
         cases = checkpoints(cincflow, tmp)
-        print(f"trained {len(cases) - 1} checkpoints in {time.time() - start:.1f} s")
+        print(f"trained {len(cases) - 2} checkpoints in {time.time() - start:.1f} s")
         for name, ckpt, data, eval_flags in cases:
             c_out = json.loads(run([cincflow, "eval", "--checkpoint", ckpt, "--data", data,
                                     "--dequant", "midpoint", "--json"] + eval_flags))
@@ -286,7 +301,7 @@ def main(argv=None, variants=(("numpy", (), False),), tmp_prefix="cf_numpy_"):
         # A kind the loader does not know: refused, naming the layer, the kind and its provider
         # (the loader run as a command, as a user runs it).
         bad = os.path.join(tmp, "unknown_kind.h5")
-        unknown_kind_copy(cases[-2][1], bad, "c0", "sideways_coupling", "libsideways.so")
+        unknown_kind_copy(cases[-3][1], bad, "c0", "sideways_coupling", "libsideways.so")
         err = run([sys.executable, loader, bad, "--synthetic", "2"], want=1)
         want = "layer 'c0' has kind 'sideways_coupling' (provider: libsideways.so)"
         ok = want in err
