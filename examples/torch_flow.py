@@ -34,7 +34,8 @@ emerging_conv inverts its three parts in reverse order; a coupling recovers its 
 (x_{k+1} = y_{k+1} / s_k - t_k, the networks fed the blocks already recovered); split
 concatenates its kept channels and the latent; the prior returns its latent. A latent drawn
 at temperature T is mean + T exp(logs) eps, eps ~ N(0, 1). Sampling needs the flow to end in
-a prior, as cincflow's does.
+a prior, and its only one (a prior earlier in the list passes its input on in the forward
+direction, but its inverse cannot use what the layers after it decoded).
 
 --round-trip N draws N latents at --temperature (default 0.7), decodes them and encodes the
 images again, and prints the largest |z - encode(decode(z))|; it also prints the largest
@@ -481,6 +482,10 @@ class Flow(nn.Module):
         images at temperature), and the latents used."""
         if not self.layers or not isinstance(self.layers[-1], Prior):
             raise ModelError("decoding needs a flow that ends in a prior")
+        early = [layer.name for layer in self.layers[:-1] if isinstance(layer, Prior)]
+        if early:  # its inverse would discard what the layers after it decoded
+            raise ModelError(f"decoding needs the last layer to be the only prior; layer "
+                             f"'{early[0]}' is a prior too")
         given = list(latents or [])
         used, x = [], None
         for layer in reversed(self.layers):
