@@ -17,11 +17,11 @@ examples/load_checkpoint.py (its docstring is the reference; this file imports i
 From Python (the examples/ folder on sys.path):
 
     import torch, torch_flow
-    flow = torch_flow.Flow.from_checkpoint("model.h5")     # float64; flow.float() for float32
-    x = torch_flow.dequantize(images)                      # uint8 (B, H, W, C) -> float64
+    flow = torch_flow.Flow.from_checkpoint("model.h5")     # float64 (flow.float(): float32,
+    x = torch_flow.dequantize(images)                      # then dequantize(images, torch.float32))
     logp = flow.log_prob(x)                                # (B,) nats, differentiable
     z, logp = flow.encode(x)                               # latents, in the order factored out
-    x2 = flow.decode(z)                                    # the inverse
+    x2, _ = flow.decode(z)                                 # the inverse (and the latents used)
     x3, z3 = flow.sample(16, temperature=0.7, generator=torch.Generator().manual_seed(1))
 
 Each module's forward(x) returns (y, log|det| per image, log-density per image, latent or
@@ -39,8 +39,8 @@ direction, but its inverse cannot use what the layers after it decoded).
 
 --round-trip N draws N latents at --temperature (default 0.7), decodes them and encodes the
 images again, and prints the largest |z - encode(decode(z))|; it also prints the largest
-|x - decode(encode(x))| over the first N evaluated images. --sample N --out FILE.npy writes N drawn
-images quantized to uint8 (N, H, W, C), which `load_checkpoint.py --data npy:FILE` reads.
+|x - decode(encode(x))| over the first N evaluated images. --sample N --out FILE.npy writes N
+drawn images quantized to uint8 (N, H, W, C), which `load_checkpoint.py --data npy:FILE` reads.
 
 Not here: training (the modules are differentiable, so a user can), uniform dequantization,
 cincflow's synthetic: images, speed (the masked-convolution inverses loop over pixels in Python).

@@ -9,7 +9,8 @@ actnorms were never initialised) and requires examples/torch_flow.py to agree wi
 eval --dequant midpoint` to 1e-5 bits/dim on each, in float64 and in float32. Three latents
 drawn at temperature 0.7, decoded and encoded again, must come back (|z - encode(decode(z))|),
 as must the first three images (|x - decode(encode(x))|): to 1e-9 in float64, 1e-3 in float32.
-A kind it does not know must be refused by name. Exits 77 (CTest: skipped) when this Python has no torch, numpy or h5py.
+A kind it does not know must be refused by name. Exits 77 (CTest: skipped) when this Python
+has no torch, numpy or h5py.
 """
 import os
 import sys
