@@ -4,11 +4,12 @@
     load_checkpoint.py CHECKPOINT [--data SPEC | --synthetic N] [--split test|train]
                        [--limit N] [--batch N] [--per-image] [--check-logdet] [--json]
 
-Reads the HDF5 file written by `cincflow train` (no cincflow code, no torch), rebuilds the model
-from its /config attributes, runs its forward pass in float64 and prints the mean bits/dim of the
-images, `test bpd: X` (or one JSON object). The images are dequantized at the midpoint of their
-bins, x = k/256 - 0.5 + 1/512, as `cincflow eval --dequant midpoint` does, so the two agree to
-the precision of cincflow's float32 arithmetic (below 1e-6 bits/dim on small models).
+Reads the HDF5 file written by `cincflow train` (no cincflow code, no torch), rebuilds the flow
+from the architecture the file stores, runs its forward pass in float64 and prints the mean
+bits/dim of the images, `test bpd: X` (or one JSON object). The images are dequantized at the
+midpoint of their bins, x = k/256 - 0.5 + 1/512, as `cincflow eval --dequant midpoint` does, so
+the two agree to the precision of cincflow's float32 arithmetic (about 1e-6 bits/dim on small
+models). examples/torch_flow.py is the same flow in PyTorch, with its inverse and sampling.
 
 Data (SPEC, as cincflow's --data; default: the `data` the checkpoint was trained on):
     idx:FILE              an idx3-ubyte image file, gzip-compressed or not (--split is ignored)
@@ -22,59 +23,75 @@ Data (SPEC, as cincflow's --data; default: the `data` the checkpoint was trained
 not the images of cincflow's synthetic: spec.
 
 The file (all names are dotted paths; io/cf_checkpoint.h has the whole layout):
-    /config attributes    height, width, channels, levels (L), depth (K), hidden (network
-                          width), coupling ("quad" or "affine"), conv ("cinc", "1x1" or
-                          "emerging"), data, ...
+    /arch attribute json  the architecture (format 2): {"input": [H, W, C], "kinds": {kind:
+                          {provider, summary, conventions, hparams}}, "layers": [{"name",
+                          "kind", "hparams", "in", "out"}, ...]} (models/cf_arch.h)
+    /config attributes    the training settings; a format-1 file (no /arch) holds the built-in
+                          model's: height, width, channels, levels (L), depth (K), hidden,
+                          coupling ("quad" or "affine"), conv ("cinc", "1x1" or "emerging")
     /params/<name>        float32 tensors; convolution weights HWIO (kh, kw, c_in, c_out)
     /state/<name>         actnorm "initialized" flags; a 1x1 convolution's perm and sign
+The tensors of layer N are /params/N.<suffix> and /state/N.<suffix>, suffixes as below. A kind
+this program does not know (a plugin's) is an error naming the layer, the kind and its provider.
+A format-1 file stands for the built-in list: for each level n = 0 .. L-1 a squeeze
+(levels.<n>.squeeze), K steps levels.<n>.steps.<k>.{actnorm, conv, coupling} (conv: cinc_conv,
+invconv1x1 or emerging_conv; coupling: quad_coupling or affine_coupling of width hidden), a
+split levels.<n>.split but after the last level; then the prior "prior".
 
-The model maps an image x (H, W, C), NHWC, to latents; log p(x) is the sum of the latents'
-log-densities and of every layer's log|det|, and bits/dim = -(log p(x) - D log 256) / (D ln 2),
-D = H W C. For each level n = 0 .. L-1:
+The flow is its list of layers applied in order to an image x (H, W, C), NHWC, in float64. Each
+adds to log|det| or factors channels out under a Gaussian whose log-density is added; log p(x)
+is the sum of both, and bits/dim = -(log p(x) - D log 256) / (D ln 2), D = H W C. The kinds
+(hyperparameters in brackets), h, w, c the shape the layer receives:
     squeeze           (h, w, c) -> (h/2, w/2, 4c); channel c*4 + dy*2 + dx holds pixel
-                      (2i + dy, 2j + dx) of channel c
-    K steps, each     actnorm     y = (x + bias) * exp(logs) per channel; log|det| = h w sum(logs)
-                      conv        cinc: masked 3x3 convolution (below), or
-                                  1x1: y = x W per pixel, W = P (L + I) (U + diag(sign exp(log_s))),
-                                       L strictly lower, U strictly upper, P[r][j] = [j == perm[r]];
-                                       log|det| = h w sum(log_s), or
-                                  emerging: the 1x1 above (<conv>.1x1), then masked convolutions
-                                       <conv>.causal and <conv>.anticausal
-                      coupling    quad or affine (below)
-    split (not after the last level): x = [x1, z], x1 the first c/2 channels;
-                      [mean, logs] = zero_conv(x1) (mean: first half of the channels);
-                      log N(z; mean, exp(logs)) is added to log p(x), x1 goes on
-then the prior: log N(x; mean, exp(logs)) with mean and logs (1, h, w, c) parameters.
-Tensor names: levels.<n>.steps.<k>.actnorm.{bias,logs}, ....conv.{weight,bias} (cinc),
-....conv.{lower,upper,log_s} and state ....conv.{perm,sign} (1x1; emerging: conv.1x1.*,
-conv.causal.*, conv.anticausal.*), ....coupling.nets.<m>.{conv1.weight, actnorm1.*, conv2.weight,
-actnorm2.*, out.{weight,bias,logs}}, levels.<n>.split.prior.{weight,bias,logs}, prior.{mean,logs}.
+                      (2i + dy, 2j + dx) of channel c; log|det| = 0. No tensors.
+    actnorm           y = (x + bias) * exp(logs) per channel; log|det| = h w sum(logs).
+                      .bias, .logs (c); state .initialized
+    invconv1x1        y = x W per pixel, W = P (L + I) (U + diag(sign exp(log_s))), L strictly
+                      lower, U strictly upper, P[r][j] = [j == perm[r]]; log|det| = h w
+                      sum(log_s). .lower, .upper (c, c), .log_s (c); state .perm, .sign (c)
+    cinc_conv         the masked 3x3 convolution with mask cinc (below). .weight, .bias
+    masked_conv       [mask: cinc | emerging_causal | emerging_anticausal, default cinc] the
+                      masked 3x3 convolution with that mask. .weight (3, 3, c, c), .bias (c)
+    emerging_conv     invconv1x1 <name>.1x1, then masked_conv <name>.causal (emerging_causal),
+                      then masked_conv <name>.anticausal (emerging_anticausal)
+    affine_coupling   [hidden: network width, default 128] x = [xa, xb], xa the first c/2
+                      channels (rounded down); y = [xa, (xb + t) s] with (t, s) from nets.0(xa)
+    quad_coupling     [hidden] x = [x1, x2, x3, x4], c/4 channels each; y1 = x1,
+                      y2 = (x2 + t) s from nets.0(x1), y3 from nets.1([x1, x2]), y4 from
+                      nets.2([x1, x2, x3]) (the inputs, not the outputs)
+                      Both: log|det| = sum of log s over every transformed element.
+                      .nets.<m>.{conv1.weight, actnorm1.{bias,logs}, conv2.weight,
+                      actnorm2.{bias,logs}, out.{weight,bias,logs}}; state
+                      .nets.<m>.actnorm{1,2}.initialized
+    split             x = [x1, z], x1 the first c/2 channels (rounded down);
+                      [mean, logs] = zero_conv(x1) (mean: the first c - c/2 output channels,
+                      logs the rest); log N(z; mean, exp(logs)) is added, x1 goes on.
+                      .prior.{weight,bias,logs}
+    prior             log N(x; mean, exp(logs)) is added, mean and logs (1, h, w, c); x goes on
+                      unchanged (a flow without a prior has log p = log|det| alone).
+                      .mean, .logs
 
 Masked 3x3 convolutions: y = conv(x, W * M) + bias, M a fixed mask on W[kh][kw][c][o]:
-    cinc        input padded by 2 on the top and left only; all nine taps; the current-pixel tap
-                W[2][2] keeps c >= o
-    causal      padded by 1 on every side; taps (0..1, 0..1); W[1][1] keeps c >= o
-    anticausal  padded by 1 on every side; taps (1..2, 1..2); W[1][1] keeps c <= o
+    cinc                 input padded by 2 on the top and left only; all nine taps; the
+                         current-pixel tap W[2][2] keeps c >= o
+    emerging_causal      padded by 1 on every side; taps (0..1, 0..1); W[1][1] keeps c >= o
+    emerging_anticausal  padded by 1 on every side; taps (1..2, 1..2); W[1][1] keeps c <= o
 The Jacobian is triangular in (raster order, channel) with the current tap's diagonal, so
 log|det| = h w log|det(W_centre * M_centre)|.
 
-Couplings, with a network NN(u) = zero_conv(relu(actnorm2(conv1x1(relu(actnorm1(conv3x3(u)))))))
+Coupling networks: NN(u) = zero_conv(relu(actnorm2(conv1x1(relu(actnorm1(conv3x3(u)))))))
 (conv1.weight 3x3 and conv2.weight 1x1, without bias, "same" padding), and
 zero_conv(u) = (conv3x3(u, out.weight) + out.bias) * exp(3 out.logs). A network's output h gives
-shifts t = h[..., 0::2] and scales s = sigmoid(h[..., 1::2] + 2):
-    affine  x = [xa, xb] (c/2 channels and the rest); y = [xa, (xb + t) s] with (t, s) from
-            nets.0(xa)
-    quad    x = [x1, x2, x3, x4] (c/4 channels each); y1 = x1, y2 = (x2 + t) s from nets.0(x1),
-            y3 from nets.1([x1, x2]), y4 from nets.2([x1, x2, x3]) (the inputs, not the outputs)
-    log|det| = sum of log s over every transformed element
+shifts t = h[..., 0::2] and scales s = sigmoid(h[..., 1::2] + 2).
 
 Gaussians: log N(z; m, exp(ls)) = sum -0.5 log(2 pi) - ls - 0.5 ((z - m) exp(-ls))^2.
 
 An actnorm whose "initialized" flag is 0 (a checkpoint saved before any training step) takes
 bias = -mean, logs = -log(std + 1e-6) per channel from the first batch it sees, as cincflow does.
 
-Not here: the inverse (sampling, encoding for other uses), training, uniform dequantization noise,
-cincflow's synthetic: images, speed (plain numpy, one batch at a time).
+Not here: the inverse (sampling, encoding for other uses: examples/torch_flow.py), training,
+uniform dequantization noise, cincflow's synthetic: images, speed (plain numpy, one batch at a
+time).
 """
 import argparse
 import gzip
@@ -134,6 +151,9 @@ class Checkpoint:
             if "config" not in f:
                 raise ModelError(f"{path}: no /config group")
             self.config = {k: attr_value(v) for k, v in f["config"].attrs.items() if k != "json"}
+            # The architecture (format 2); None: rebuild the built-in model from /config.
+            self.arch_json = (attr_value(f["arch"].attrs["json"])
+                              if "arch" in f and "json" in f["arch"].attrs else None)
             self.params = {k: np.asarray(v[()], dtype=np.float64) for k, v in f["params"].items()}
             self.state = ({k: np.asarray(v[()], dtype=np.float64) for k, v in f["state"].items()}
                           if "state" in f else {})
@@ -245,16 +265,100 @@ class ZeroConv:
         return (conv_same(x, self.weight) + self.bias) * np.exp(3.0 * self.logs)
 
 
+# ---- the architecture ----------------------------------------------------------------------------
+
+BUILTIN_CONV = {"cinc": "cinc_conv", "1x1": "invconv1x1", "emerging": "emerging_conv"}
+BUILTIN_COUPLING = {"quad": "quad_coupling", "affine": "affine_coupling"}
+HPARAM_DEFAULTS = {"quad_coupling": {"hidden": 128}, "affine_coupling": {"hidden": 128},
+                   "masked_conv": {"mask": "cinc"}}
+
+
+def builtin_layers(ck):
+    """The built-in multi-scale model of a format-1 file's /config, as cincflow lists it."""
+    model = ck.config.get("model", "glow-multiscale")
+    if model != "glow-multiscale":
+        raise ModelError(f"{ck.path}: model '{model}' (only glow-multiscale is known)")
+    levels, depth = ck.config_int("levels"), ck.config_int("depth")
+    hidden = ck.config_int("hidden")
+    conv, coupling = ck.config_str("conv"), ck.config_str("coupling")
+    if conv not in BUILTIN_CONV:
+        raise ModelError(f"{ck.path}: unknown conv '{conv}'")
+    if coupling not in BUILTIN_COUPLING:
+        raise ModelError(f"{ck.path}: unknown coupling '{coupling}'")
+    layers = []
+
+    def add(name, kind, hparams=None):
+        layers.append({"name": name, "kind": kind, "hparams": hparams or {}})
+    for i in range(levels):
+        add(f"levels.{i}.squeeze", "squeeze")
+        for j in range(depth):
+            p = f"levels.{i}.steps.{j}"
+            add(p + ".actnorm", "actnorm")
+            add(p + ".conv", BUILTIN_CONV[conv])
+            add(p + ".coupling", BUILTIN_COUPLING[coupling], {"hidden": hidden})
+        if i < levels - 1:
+            add(f"levels.{i}.split", "split")
+    add("prior", "prior")
+    return layers
+
+
+def architecture(ck):
+    """(input shape (H, W, C), layers [{name, kind, hparams, provider, in?, out?}]) from /arch,
+    or from /config for a format-1 file."""
+    if ck.arch_json is None:
+        shape = (ck.config_int("height"), ck.config_int("width"), ck.config_int("channels"))
+        return shape, builtin_layers(ck)
+    try:
+        arch = json.loads(ck.arch_json)
+    except ValueError as e:
+        raise ModelError(f"{ck.path}: /arch json is not valid JSON ({e})") from None
+    if not isinstance(arch, dict) or arch.get("format") != "cincflow-architecture":
+        raise ModelError(f"{ck.path}: /arch json is not a cincflow architecture")
+    if arch.get("version") != 1:
+        raise ModelError(f"{ck.path}: architecture version {arch.get('version')}, expected 1")
+    shape = arch.get("input")
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ModelError(f"{ck.path}: /arch input {shape!r} is not three positive integers")
+    kinds = arch.get("kinds") or {}
+    layers = []
+    for i, layer in enumerate(arch.get("layers") or []):
+        if not isinstance(layer, dict) or not isinstance(layer.get("name"), str) \
+                or not isinstance(layer.get("kind"), str):
+            raise ModelError(f"{ck.path}: /arch layer {i} has no name or kind")
+        spec = {"name": layer["name"], "kind": layer["kind"],
+                "hparams": dict(layer.get("hparams") or {}),
+                "provider": (kinds.get(layer["kind"]) or {}).get("provider", "")}
+        for key in ("in", "out"):
+            if key in layer:
+                spec[key] = tuple(layer[key])
+        layers.append(spec)
+    return tuple(shape), layers
+
+
+def hparam(spec, key):
+    """A layer's hyperparameter, or its kind's default when the file leaves it out."""
+    hp = spec["hparams"]
+    return hp[key] if key in hp else HPARAM_DEFAULTS[spec["kind"]][key]
+
+
+def unknown_kind(spec):
+    provider = spec.get("provider") or "no provider"
+    return ModelError(f"layer '{spec['name']}' has kind '{spec['kind']}' (provider: "
+                      f"{provider}), which {PROG} does not implement; it knows "
+                      + ", ".join(KINDS))
+
+
 # ---- layers: each maps (x, log-det per image, log-density per image) forward ---------------------
 
 
 class Squeeze:
     linear = False
 
-    def __init__(self, shape):
+    def __init__(self, ck, name, shape):
         h, w, c = shape
         if h % 2 or w % 2:
-            raise ModelError(f"cannot squeeze {h}x{w} images")
+            raise ModelError(f"{name}: cannot squeeze {h}x{w} images")
         self.out_shape = (h // 2, w // 2, 4 * c)
 
     def forward(self, x, logdet, logp):
@@ -275,7 +379,9 @@ class Actnorm:
         return y, logdet + self.shape[0] * self.shape[1] * self.an.logs.sum(), logp
 
 
-MASK_PADDING = {"cinc": (2, 2, 0, 0), "causal": (1, 1, 1, 1), "anticausal": (1, 1, 1, 1)}
+# Padding (top, left, bottom, right) of each mask kind.
+MASK_PADDING = {"cinc": (2, 2, 0, 0), "emerging_causal": (1, 1, 1, 1),
+                "emerging_anticausal": (1, 1, 1, 1)}
 
 
 def conv_mask(kind, c):
@@ -286,27 +392,30 @@ def conv_mask(kind, c):
         m[:, :] = 1.0
         m[2, 2] = lower
         return m, 2
-    if kind == "causal":
+    if kind == "emerging_causal":
         m[0:2, 0:2] = 1.0
         m[1, 1] = lower
         return m, 1
-    if kind == "anticausal":
+    if kind == "emerging_anticausal":
         m[1:3, 1:3] = 1.0
         m[1, 1] = lower.T  # kept for c <= o
         return m, 1
-    raise ModelError(f"unknown mask kind '{kind}'")
+    raise ModelError(f"unknown mask '{kind}' (cinc, emerging_causal or emerging_anticausal)")
 
 
 class MaskedConv:
     linear = True
 
-    def __init__(self, ck, name, shape, kind):
+    def __init__(self, ck, name, shape, mask):
         self.name, self.shape, self.out_shape = name, shape, shape
         c = shape[2]
-        mask, centre = conv_mask(kind, c)
-        self.weight = ck.param(name + ".weight", (3, 3, c, c)) * mask
+        try:
+            m, centre = conv_mask(mask, c)
+        except ModelError as e:
+            raise ModelError(f"{name}: {e}") from None
+        self.weight = ck.param(name + ".weight", (3, 3, c, c)) * m
         self.bias = ck.param(name + ".bias", (c,))
-        self.pad = MASK_PADDING[kind]
+        self.pad = MASK_PADDING[mask]
         sign, logabs = np.linalg.slogdet(self.weight[centre, centre])
         if sign == 0 or not np.isfinite(logabs):
             raise ModelError(f"{name}: the current-pixel tap is singular")
@@ -357,22 +466,24 @@ class CouplingNet:
         return self.out(h)
 
 
+def coupling_edges(name, kind, c):
+    """Channel block edges of a coupling: quad [0, c/4, c/2, 3c/4, c], affine [0, c/2, c]."""
+    if kind == "quad":
+        if c < 4 or c % 4:
+            raise ModelError(f"{name}: quad coupling on {c} channels (a multiple of 4 needed)")
+        q = c // 4
+        return [0, q, 2 * q, 3 * q, c]
+    if c < 2:
+        raise ModelError(f"{name}: affine coupling on {c} channel")
+    return [0, c // 2, c]
+
+
 class Coupling:
     linear = False
 
     def __init__(self, ck, name, shape, kind, hidden):
         self.shape = self.out_shape = shape
-        c = shape[2]
-        if kind == "quad":
-            if c % 4:
-                raise ModelError(f"{name}: quad coupling on {c} channels")
-            q = c // 4
-            self.edges = [0, q, 2 * q, 3 * q, c]  # blocks x1 .. x4
-        elif kind == "affine":
-            self.edges = [0, c // 2, c]
-        else:
-            raise ModelError(f"{name}: unknown coupling '{kind}'")
-        e = self.edges
+        self.edges = e = coupling_edges(name, kind, shape[2])
         self.nets = [CouplingNet(ck, f"{name}.nets.{k}", e[k + 1], 2 * (e[k + 2] - e[k + 1]),
                                  hidden) for k in range(len(e) - 2)]
 
@@ -392,6 +503,8 @@ class Split:
 
     def __init__(self, ck, name, shape):
         h, w, c = shape
+        if c < 2:
+            raise ModelError(f"{name}: cannot split images of {c} channel")
         self.kept, self.out = c // 2, c - c // 2
         self.out_shape = (h, w, self.kept)
         self.prior = ZeroConv(ck, name + ".prior", self.kept, 2 * self.out)
@@ -414,46 +527,47 @@ class Prior:
         return x, logdet, logp + gaussian_logp(x, self.mean, self.logs)
 
 
+# Each kind: (checkpoint, layer spec, shape) -> the layers that compute it, in order.
+KINDS = {
+    "squeeze": lambda ck, s, shape: [Squeeze(ck, s["name"], shape)],
+    "actnorm": lambda ck, s, shape: [Actnorm(ck, s["name"], shape)],
+    "cinc_conv": lambda ck, s, shape: [MaskedConv(ck, s["name"], shape, "cinc")],
+    "masked_conv": lambda ck, s, shape: [MaskedConv(ck, s["name"], shape, hparam(s, "mask"))],
+    "invconv1x1": lambda ck, s, shape: [Invconv1x1(ck, s["name"], shape)],
+    "emerging_conv": lambda ck, s, shape: [
+        Invconv1x1(ck, s["name"] + ".1x1", shape),
+        MaskedConv(ck, s["name"] + ".causal", shape, "emerging_causal"),
+        MaskedConv(ck, s["name"] + ".anticausal", shape, "emerging_anticausal")],
+    "affine_coupling": lambda ck, s, shape: [
+        Coupling(ck, s["name"], shape, "affine", int(hparam(s, "hidden")))],
+    "quad_coupling": lambda ck, s, shape: [
+        Coupling(ck, s["name"], shape, "quad", int(hparam(s, "hidden")))],
+    "split": lambda ck, s, shape: [Split(ck, s["name"], shape)],
+    "prior": lambda ck, s, shape: [Prior(ck, s["name"], shape)],
+}
+
+
 class Model:
     def __init__(self, ck):
-        cfg = ck.config
-        model = cfg.get("model", "glow-multiscale")
-        if model != "glow-multiscale":
-            raise ModelError(f"{ck.path}: model '{model}' (only glow-multiscale is known)")
-        self.shape = (ck.config_int("height"), ck.config_int("width"), ck.config_int("channels"))
-        levels, depth = ck.config_int("levels"), ck.config_int("depth")
-        hidden = ck.config_int("hidden")
-        coupling, conv = ck.config_str("coupling"), ck.config_str("conv")
-        if conv not in ("cinc", "1x1", "emerging"):
-            raise ModelError(f"{ck.path}: unknown conv '{conv}'")
+        self.shape, self.specs = architecture(ck)
         self.layers = []
         shape = self.shape
-        for i in range(levels):
-            shape = self._add(Squeeze(shape))
-            for j in range(depth):
-                p = f"levels.{i}.steps.{j}"
-                shape = self._add(Actnorm(ck, p + ".actnorm", shape))
-                if conv == "cinc":
-                    shape = self._add(MaskedConv(ck, p + ".conv", shape, "cinc"))
-                elif conv == "1x1":
-                    shape = self._add(Invconv1x1(ck, p + ".conv", shape))
-                else:
-                    shape = self._add(Invconv1x1(ck, p + ".conv.1x1", shape))
-                    shape = self._add(MaskedConv(ck, p + ".conv.causal", shape, "causal"))
-                    shape = self._add(MaskedConv(ck, p + ".conv.anticausal", shape,
-                                                 "anticausal"))
-                shape = self._add(Coupling(ck, p + ".coupling", shape, coupling, hidden))
-            if i < levels - 1:
-                shape = self._add(Split(ck, f"levels.{i}.split", shape))
-        self._add(Prior(ck, "prior", shape))
+        for spec in self.specs:
+            if spec["kind"] not in KINDS:
+                raise unknown_kind(spec)
+            if "in" in spec and spec["in"] != shape:
+                raise ModelError(f"{ck.path}: layer '{spec['name']}' is said to take {spec['in']}"
+                                 f" but receives {shape}")
+            for layer in KINDS[spec["kind"]](ck, spec, shape):
+                self.layers.append(layer)
+                shape = layer.out_shape
+            if "out" in spec and spec["out"] != shape:
+                raise ModelError(f"{ck.path}: layer '{spec['name']}' is said to give "
+                                 f"{spec['out']} but gives {shape}")
         extra = ck.unused()
         if extra:
             raise ModelError(f"{ck.path}: tensors this model does not use: {', '.join(extra[:5])}"
                              + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""))
-
-    def _add(self, layer):
-        self.layers.append(layer)
-        return layer.out_shape
 
     def log_prob(self, x):
         """log p(x) per image for dequantized images x (B, H, W, C)."""
@@ -466,7 +580,6 @@ class Model:
     def bpd(self, x):
         d = float(np.prod(self.shape))
         return -(self.log_prob(x) - d * math.log(256.0)) / (d * math.log(2.0))
-
 
 def check_logdets(model, limit):
     """Compares each invertible convolution's closed-form log|det| with the log|det| of its whole
