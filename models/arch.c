@@ -223,6 +223,14 @@ cf_flow *cf_flow_from_arch(const cf_arch *a, cf_dtype dtype, uint64_t seed)
         }
         shape = l->out_shape;
     }
+    const cf_layer *last = a->n_layers ? cf_flow_layer(f, a->n_layers - 1) : NULL;
+    if (!last || !last->terminal) {
+        cf_set_error(CF_ERR_ARG, "the architecture's last layer%s%s%s does not factor the whole "
+                     "tensor out, so the flow would have no density: end it with a prior (kind "
+                     "'prior')", last ? " ('" : "", last ? last->name : "", last ? "')" : "");
+        cf_flow_free(f);
+        return NULL;
+    }
     return f;
 }
 

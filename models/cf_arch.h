@@ -88,7 +88,8 @@ cf_arch *cf_flow_arch(const cf_flow *flow);
  * config and seed). Returns it owned, or NULL with cf_last_error() naming the layer: a kind
  * that is not registered (and the provider the architecture names for it), hyperparameters
  * the kind refuses, a shape it cannot take, "in"/"out" shapes that disagree with the built
- * layer. */
+ * layer, a last layer that is not a prior (a layer that factors the whole tensor out and so
+ * gives the density) or a layer after one. */
 cf_flow *cf_flow_from_arch(const cf_arch *a, cf_dtype dtype, uint64_t seed);
 
 /* The JSON form above, indented; kinds that are registered add their provider, summary and

@@ -202,6 +202,9 @@ struct cf_layer {
     cf_tensor *state[CF_LAYER_MAX_TENSORS];  /* saved, untrained tensors */
     int n_convs;                  /* invertible convolutions applied (1x1, masked) */
     bool factors_out;             /* touches io->latents and io->logp (split, prior) */
+    bool terminal;                /* factors the whole tensor out (prior): a flow ends with
+                                   * one such layer, which gives the density, and nothing
+                                   * may follow it */
     int64_t n_learnable;          /* learnable scalars (masked entries excluded) */
 };
 

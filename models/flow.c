@@ -31,6 +31,14 @@ cf_status cf_flow_add(cf_flow *f, cf_layer *layer)
     /* A NULL layer is a failed constructor call passed straight in (cf_flow_add(f, ctor(...))):
      * its message stays as the constructor left it. */
     if (!layer) return CF_ERR_ARG; /* the constructor's failure is cf_last_error() already */
+    if (f->n_layers && f->layers[f->n_layers - 1]->terminal) {
+        const cf_layer *last = f->layers[f->n_layers - 1];
+        cf_status st = cf_set_error(CF_ERR_ARG, "flow: layer '%s' cannot follow '%s' (%s), which "
+                                    "factors the whole tensor out: a flow ends with its prior",
+                                    layer->name, last->name, last->vt->kind);
+        cf_layer_free(layer);
+        return st;
+    }
     const int64_t *prev = f->n_layers ? f->layers[f->n_layers - 1]->out_shape : f->shape;
     if (memcmp(prev, layer->in_shape, sizeof layer->in_shape) != 0) {
         cf_status st = cf_set_error(CF_ERR_SHAPE, "flow: layer '%s' takes %lld x %lld x %lld "

@@ -325,9 +325,20 @@ static cf_status run_layers(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, bool invers
     return cf_ctx_status(ctx);
 }
 
+/* A flow has a density (and can be sampled) when its last layer factors the whole tensor out. */
+static bool has_prior(cf_flow *f, cf_ctx *ctx)
+{
+    const cf_layer *last = f->n_layers ? f->layers[f->n_layers - 1] : NULL;
+    if (last && last->terminal) return true;
+    cf_ctx_fail(ctx, CF_ERR_STATE, "flow: its last layer%s%s%s does not factor the whole tensor "
+                "out, so the flow has no density to evaluate or sample: end it with a prior",
+                last ? " ('" : "", last ? last->name : "", last ? "')" : "");
+    return false;
+}
+
 static bool check_input(cf_flow *f, cf_ctx *ctx, const cf_tensor *x)
 {
-    if (!x) return false;
+    if (!x || !has_prior(f, ctx)) return false;
     if (x->ndim != 4 || x->shape[1] != f->shape[0] || x->shape[2] != f->shape[1] ||
         x->shape[3] != f->shape[2] || x->dtype != cf_params_dtype(f->ps)) {
         char d[96];
@@ -389,6 +400,7 @@ cf_status cf_flow_decode(cf_flow *f, cf_ctx *ctx, cf_flow_io *io, cf_tensor **x)
 {
     *x = NULL;
     io->x = NULL;
+    if (!has_prior(f, ctx)) return cf_ctx_status(ctx);
     bool old = cf_ctx_set_grad(ctx, false);
     cf_status st = run_layers(f, ctx, io, true);
     cf_ctx_set_grad(ctx, old);

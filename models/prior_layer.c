@@ -60,6 +60,7 @@ static cf_layer *prior_create(const cf_layer_args *a)
         !(l->logs = cf_layer_param(&l->base, a, "logs", 4, s4, zero)))
         return cf_layer_fail(&l->base);
     l->base.factors_out = true;
+    l->base.terminal = true;
     return &l->base;
 }
 

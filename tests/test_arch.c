@@ -425,6 +425,32 @@ START_TEST(test_arch_json_refused)
                  "'libsplines' provides it");
     cf_arch_free(a);
     expect_error(!cf_arch_read_file(tpath("missing.json")), "missing.json: cannot open");
+    /* No density: without a prior at the end, or with layers after it. */
+    a = cf_arch_from_json("{\"input\": [8, 8, 1], \"layers\": [{\"name\": \"sq\", \"kind\": "
+                          "\"squeeze\"}, {\"name\": \"n\", \"kind\": \"actnorm\"}]}", "src");
+    expect_error(!cf_flow_from_arch(a, CF_F32, 0), "the architecture's last layer ('n') does not "
+                                                   "factor the whole tensor out");
+    cf_arch_free(a);
+    a = cf_arch_from_json("{\"input\": [8, 8, 1], \"layers\": [{\"name\": \"sq\", \"kind\": "
+                          "\"squeeze\"}, {\"name\": \"p\", \"kind\": \"prior\"}, {\"name\": "
+                          "\"n\", \"kind\": \"actnorm\"}, {\"name\": \"p2\", \"kind\": "
+                          "\"prior\"}]}", "src");
+    expect_error(!cf_flow_from_arch(a, CF_F32, 0), "layer 'n' cannot follow 'p' (prior)");
+    cf_arch_free(a);
+    /* A flow built by hand without one evaluates and samples nothing, saying why. */
+    cf_flow *f = cf_flow_empty((int64_t[]){8, 8, 1}, CF_F32);
+    ck_assert_int_eq(cf_flow_add(f, cf_squeeze_layer("sq", (int64_t[]){8, 8, 1})), CF_OK);
+    cf_ctx *ctx = cf_ctx_new(0);
+    cf_tensor *x = cf_tensor_new_v(ctx, CF_F32, 2, 8, 8, 1);
+    ck_assert_ptr_null(cf_flow_log_prob(f, ctx, x, NULL));
+    ck_assert_ptr_nonnull(strstr(cf_ctx_error(ctx), "no density to evaluate or sample"));
+    cf_ctx_reset(ctx);
+    cf_rng rng;
+    cf_rng_seed(&rng, 1, 0);
+    ck_assert_int_ne(cf_flow_sample(f, ctx, 2, 1.0, &rng, &x), CF_OK);
+    ck_assert_ptr_nonnull(strstr(cf_ctx_error(ctx), "end it with a prior"));
+    cf_ctx_free(ctx);
+    cf_flow_free(f);
 }
 END_TEST
 
