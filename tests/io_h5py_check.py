@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """io_h5py_check.py: reads a cincflow checkpoint with h5py alone, as another tool would.
 
-Usage: io_h5py_check.py TEST_IO  (the test_io runner, whose --write-checkpoint FILE mode writes
+Usage: io_h5py_check.py TEST_IO_CHECKPOINT  (the test_io_checkpoint runner, whose --write-checkpoint FILE mode writes
 a small known checkpoint: "levels.0.conv.weight" (3, 3, 2, 2) holding 0.25 * flat index, config
 levels = 2 and coupling = "quad"). Exits 77, which CTest reports as skipped, when h5py is not
 installed.

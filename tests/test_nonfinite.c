@@ -18,7 +18,7 @@
  *
  * Not repeated here: the optimizer's refusal on a hand-made parameter set, for f32 and f64,
  * with clipping on (test_optim.c, test_non_finite_gradient_is_refused), and a checkpoint the
- * saver itself wrote with non-finite values (test_io.c, test_checkpoint_non_finite).
+ * saver itself wrote with non-finite values (test_io_checkpoint.c, test_checkpoint_non_finite).
  */
 #include <check.h>
 #include <hdf5.h>

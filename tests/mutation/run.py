@@ -64,8 +64,10 @@ def targets_of(tests):
     for t in tests:
         if t.startswith("test_"):
             out.add(t)
-        elif t in ("io_h5py_check", "dataset_fashion_mnist"):
-            out.add("test_io")
+        elif t == "io_h5py_check":
+            out.add("test_io_checkpoint")
+        elif t == "dataset_fashion_mnist":
+            out.add("test_io_data")
         elif t == "two_moons_density":
             out.add("two_moons")
         elif t == "examples_run":
