@@ -9,7 +9,8 @@
  *       builds the model and prints its layers, then "params: N, forward GFLOP/image: F".
  *   cincflow train | eval | sample | interpolate | manipulate   (cli_train.c, cli_eval.c)
  *   cincflow ops      lists the registered ops.
- *   cincflow version  prints the version.
+ *   cincflow version  prints the version, the kernel path in use (cf_cpu.h: CF_ISA or the
+ *                     CPU's best) and libxsmm's target.
  *
  * Exit status: 0 success, 1 a check failed, 2 bad usage.
  */
@@ -19,7 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libxsmm.h>
+
 #include "cf_bench.h"
+#include "cf_cpu.h"
 #include "cli.h"
 
 /* Largest fast-versus-reference difference accepted, relative to the largest reference value:
@@ -46,7 +50,7 @@ static int usage(FILE *f)
                "  bench <conv|inverse|train|sample> [--json] [--threads N]  benchmarks (see "
                "BENCHMARKS.md)\n"
                "  ops                                         list the registered ops\n"
-               "  version                                     print the version\n");
+               "  version                                     print the version and the kernel path\n");
     return f == stderr ? 2 : 0;
 }
 
@@ -247,7 +251,14 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "bench") == 0) return cf_bench_main(argc - 2, argv + 2);
     if (strcmp(cmd, "ops") == 0) return cmd_ops();
     if (strcmp(cmd, "version") == 0) {
+        const char *req = getenv("CF_ISA");
+        const char *xt = getenv("LIBXSMM_TARGET");
         printf("cincflow %s\n", CF_VERSION_STRING);
+        printf("kernel path: %s (this CPU supports up to %s; CF_ISA%s%s)\n",
+               cf_isa_name(cf_cpu_isa()), cf_isa_name(cf_cpu_isa_supported()),
+               req && *req ? "=" : " unset", req && *req ? req : "");
+        printf("libxsmm target: %s (LIBXSMM_TARGET%s%s)\n", libxsmm_get_target_arch(),
+               xt && *xt ? "=" : " unset", xt && *xt ? xt : "");
         return 0;
     }
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0)
