@@ -70,18 +70,6 @@ static cf_status actnorm_bwd(cf_node *n)
     return cf_ctx_status(n->ctx);
 }
 
-static inline void row_fwd(int64_t C, const float *restrict x, float *restrict y,
-                           const float *restrict bias, const float *restrict scale, bool relu)
-{
-    if (relu)
-        for (int64_t c = 0; c < C; c++) {
-            float v = (x[c] + bias[c]) * scale[c];
-            y[c] = v > 0.0f ? v : 0.0f;
-        }
-    else
-        for (int64_t c = 0; c < C; c++) y[c] = (x[c] + bias[c]) * scale[c];
-}
-
 static cf_status actnorm_fwd_f32(cf_node *n)
 {
     const float *x = n->in[0]->data, *bias = n->in[1]->data, *logs = n->in[2]->data;
@@ -91,8 +79,13 @@ static cf_status actnorm_fwd_f32(cf_node *n)
     if (!scale) return cf_ctx_status(n->ctx);
     for (int64_t c = 0; c < C; c++) scale[c] = expf(logs[c]);
     bool relu = relu_of(n);
+    /* blocks of rows through the path's loops (cf_simd_impl.h) */
+    const cf__simd *kern = cf__simd_get();
+    const int64_t rows = 64;
 #pragma omp parallel for schedule(static) if (P * C > CF__PAR_MIN)
-    for (int64_t p = 0; p < P; p++) row_fwd(C, x + p * C, y + p * C, bias, scale, relu);
+    for (int64_t p0 = 0; p0 < P; p0 += rows)
+        kern->actnorm_rows_fwd(P - p0 < rows ? P - p0 : rows, C, x + p0 * C, y + p0 * C, bias,
+                               scale, relu);
     return CF_OK;
 }
 

@@ -39,6 +39,10 @@ typedef struct cf__simd {
     /* The im2col matrix of output row lrow of padded rows s (Wp * C floats a row): column w
      * (T*C floats) holds the taps of output pixel w, [kh][kw][c]. */
     void (*im2col_row)(float *col, const float *s, const cf__conv_geom *g, int64_t lrow);
+    /* Actnorm's forward over np rows of C (actnorm.c): y = (x + bias) * scale, then max(y, 0)
+     * with relu. */
+    void (*actnorm_rows_fwd)(int64_t np, int64_t C, const float *x, float *y,
+                             const float *bias, const float *scale, bool relu);
     /* Actnorm's backward over np rows of C (actnorm.c, rows_bwd): dx (set: =, else +=; NULL:
      * none; with set it may alias g) = g' scale; sg += g', sgy += g' y, with g' = g masked
      * by y > 0 under relu. */

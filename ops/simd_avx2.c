@@ -158,6 +158,7 @@ const cf__simd cf__simd_avx2 = {
     .transpose = transpose,
     .finish_rows = loops_finish_rows,
     .im2col_row = im2col_row,
+    .actnorm_rows_fwd = loops_actnorm_rows_fwd,
     .actnorm_rows_bwd = loops_actnorm_rows_bwd,
     /* P * K accumulators, K weights and one input vector within the 16 vector registers */
     .few_lanes = 8,
@@ -173,6 +174,7 @@ const cf__simd cf__simd_avx2 = {
     .transpose = loops_transpose,
     .finish_rows = loops_finish_rows,
     .im2col_row = loops_im2col_row,
+    .actnorm_rows_fwd = loops_actnorm_rows_fwd,
     .actnorm_rows_bwd = loops_actnorm_rows_bwd,
 };
 #endif

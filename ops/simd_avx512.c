@@ -195,6 +195,7 @@ const cf__simd cf__simd_avx512 = {
     .transpose = transpose,
     .finish_rows = finish_rows,
     .im2col_row = im2col_row,
+    .actnorm_rows_fwd = loops_actnorm_rows_fwd,
     .actnorm_rows_bwd = loops_actnorm_rows_bwd,
     /* P * K accumulators, K weights and one input vector within the 32 vector registers */
     .few_lanes = 16,
@@ -210,6 +211,7 @@ const cf__simd cf__simd_avx512 = {
     .transpose = loops_transpose,
     .finish_rows = loops_finish_rows,
     .im2col_row = loops_im2col_row,
+    .actnorm_rows_fwd = loops_actnorm_rows_fwd,
     .actnorm_rows_bwd = loops_actnorm_rows_bwd,
 };
 #endif

@@ -9,6 +9,7 @@ const cf__simd cf__simd_generic = {
     .transpose = loops_transpose,
     .finish_rows = loops_finish_rows,
     .im2col_row = loops_im2col_row,
+    .actnorm_rows_fwd = loops_actnorm_rows_fwd,
     .actnorm_rows_bwd = loops_actnorm_rows_bwd,
     .few_lanes = 0,
 };

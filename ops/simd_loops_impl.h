@@ -50,6 +50,22 @@ static inline void loops_im2col_row(float *col, const float *s, const cf__conv_g
                    (size_t)KWC * sizeof(float));
 }
 
+static inline void loops_actnorm_rows_fwd(int64_t np, int64_t C, const float *x, float *y,
+                                          const float *bias, const float *scale, bool relu)
+{
+    for (int64_t p = 0; p < np; p++) {
+        const float *restrict xr = x + p * C, *restrict b = bias, *restrict s = scale;
+        float *restrict yr = y + p * C;
+        if (relu)
+            for (int64_t c = 0; c < C; c++) {
+                const float v = (xr[c] + b[c]) * s[c];
+                yr[c] = v > 0.0f ? v : 0.0f;
+            }
+        else
+            for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] + b[c]) * s[c];
+    }
+}
+
 /* One row (see the table's actnorm_rows_bwd). With set, dx may be g itself (each element is
  * read before it is written, and nothing carries from one element to the next: ivdep). g is
  * read unconditionally and then masked, so the loops vectorise without masked loads; the
