@@ -12,7 +12,8 @@
  *   cincflow arch | info   a model's architecture as JSON, its layers and size (cli_arch.c)
  *   cincflow ops      lists the registered ops; `kinds` the registered layer kinds.
  *   --plugin FILE.so  on every command, repeatable: loads a plugin first (cf_plugin.h).
- *   cincflow version  prints the version.
+ *   cincflow version  prints the version, the kernel path in use (cf_cpu.h: CF_ISA or the
+ *                     CPU's best) and libxsmm's target.
  *
  * Exit status: 0 success, 1 a check failed, 2 bad usage.
  */
@@ -22,7 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libxsmm.h>
+
 #include "cf_bench.h"
+#include "cf_cpu.h"
 #include "cli.h"
 
 /* Largest fast-versus-reference difference accepted, relative to the largest reference value:
@@ -53,7 +57,7 @@ static int usage(FILE *f)
                "BENCHMARKS.md)\n"
                "  ops                                         list the registered ops\n"
                "  kinds                                       list the registered layer kinds\n"
-               "  version                                     print the version\n"
+               "  version                                     print the version and the kernel path\n"
                "every command also takes --plugin FILE.so (repeatable): a plugin's ops and layer "
                "kinds\n");
     return f == stderr ? 2 : 0;
@@ -212,7 +216,14 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "ops") == 0) return cmd_ops();
     if (strcmp(cmd, "kinds") == 0) return cmd_kinds();
     if (strcmp(cmd, "version") == 0) {
+        const char *req = getenv("CF_ISA");
+        const char *xt = getenv("LIBXSMM_TARGET");
         printf("cincflow %s\n", CF_VERSION_STRING);
+        printf("kernel path: %s (this CPU supports up to %s; CF_ISA%s%s)\n",
+               cf_isa_name(cf_cpu_isa()), cf_isa_name(cf_cpu_isa_supported()),
+               req && *req ? "=" : " unset", req && *req ? req : "");
+        printf("libxsmm target: %s (LIBXSMM_TARGET%s%s)\n", libxsmm_get_target_arch(),
+               xt && *xt ? "=" : " unset", xt && *xt ? xt : "");
         return 0;
     }
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0)

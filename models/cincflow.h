@@ -42,6 +42,7 @@
 #define CINCFLOW_H
 
 #include "cf_version.h"
+#include "cf_cpu.h"
 
 #include "cf_status.h"
 #include "cf_tensor.h"

@@ -12,6 +12,7 @@
  *   dx = g exp(logs), dbias_c = sum_p g exp(logs_c), dlogs_c = sum_p g y
  */
 #include "cf_ops_impl.h"
+#include "cf_simd_impl.h"
 
 #include <omp.h>
 #include <stdlib.h>
@@ -69,18 +70,6 @@ static cf_status actnorm_bwd(cf_node *n)
     return cf_ctx_status(n->ctx);
 }
 
-static inline void row_fwd(int64_t C, const float *restrict x, float *restrict y,
-                           const float *restrict bias, const float *restrict scale, bool relu)
-{
-    if (relu)
-        for (int64_t c = 0; c < C; c++) {
-            float v = (x[c] + bias[c]) * scale[c];
-            y[c] = v > 0.0f ? v : 0.0f;
-        }
-    else
-        for (int64_t c = 0; c < C; c++) y[c] = (x[c] + bias[c]) * scale[c];
-}
-
 static cf_status actnorm_fwd_f32(cf_node *n)
 {
     const float *x = n->in[0]->data, *bias = n->in[1]->data, *logs = n->in[2]->data;
@@ -90,55 +79,26 @@ static cf_status actnorm_fwd_f32(cf_node *n)
     if (!scale) return cf_ctx_status(n->ctx);
     for (int64_t c = 0; c < C; c++) scale[c] = expf(logs[c]);
     bool relu = relu_of(n);
+    /* blocks of rows through the path's loops (cf_simd_impl.h) */
+    const cf__simd *kern = cf__simd_get();
+    const int64_t rows = 64;
 #pragma omp parallel for schedule(static) if (P * C > CF__PAR_MIN)
-    for (int64_t p = 0; p < P; p++) row_fwd(C, x + p * C, y + p * C, bias, scale, relu);
+    for (int64_t p0 = 0; p0 < P; p0 += rows)
+        kern->actnorm_rows_fwd(P - p0 < rows ? P - p0 : rows, C, x + p0 * C, y + p0 * C, bias,
+                               scale, relu);
     return CF_OK;
-}
-
-/* One row of the backward: dx += g' scale (dx = g' scale when set), sg += g', sgy += g' y, with
- * g' = g (masked by y > 0 with the ReLU). With set, dx may be g itself (each element is read
- * before it is written, and nothing carries from one element to the next: ivdep); the branches
- * outside the loops let them vectorise. */
-static inline void rows_bwd(int64_t C, const float *g, const float *restrict y, float *dx,
-                            const float *restrict scale, float *restrict sg,
-                            float *restrict sgy, bool relu, bool set)
-{
-    if (dx && set) {
-#pragma GCC ivdep
-        for (int64_t c = 0; c < C; c++) {
-            const float ge = !relu || y[c] > 0.0f ? g[c] : 0.0f;
-            sg[c] += ge;
-            sgy[c] += ge * y[c];
-            dx[c] = ge * scale[c];
-        }
-    } else if (relu) {
-        for (int64_t c = 0; c < C; c++) {
-            float ge = y[c] > 0.0f ? g[c] : 0.0f;
-            sg[c] += ge;
-            sgy[c] += ge * y[c];
-        }
-        if (dx)
-#pragma GCC ivdep
-            for (int64_t c = 0; c < C; c++) dx[c] += (y[c] > 0.0f ? g[c] : 0.0f) * scale[c];
-    } else {
-        for (int64_t c = 0; c < C; c++) {
-            sg[c] += g[c];
-            sgy[c] += g[c] * y[c];
-        }
-        if (dx)
-#pragma GCC ivdep
-            for (int64_t c = 0; c < C; c++) dx[c] += g[c] * scale[c];
-    }
 }
 
 /* One pass over the rows: dx, and per-channel sums of g and g*y. Rows are cut into one
  * contiguous range per thread; each range sums 64-row blocks in float (vectorised over
- * channels) into double partials, combined in thread order. */
+ * channels, by the path's loops: cf_simd_impl.h) into double partials, combined in thread
+ * order. */
 bool cf__actnorm_backward_f32(cf_node *n, const float *g, const float *y, const float *logs,
                               int64_t P, int64_t C, bool relu, float *dx, bool set, float *db,
                               float *dl)
 {
     bool sums = db || dl;
+    const cf__simd *kern = cf__simd_get();
     int nt = P * C > CF__PAR_MIN ? omp_get_max_threads() : 1;
     float *scale = cf_node_scratch(n, (size_t)C * sizeof(float));
     float *block = cf_node_scratch(n, (size_t)(nt * 2 * C) * sizeof(float));
@@ -155,9 +115,8 @@ bool cf__actnorm_backward_f32(cf_node *n, const float *g, const float *y, const 
         for (int64_t p0 = p_begin; p0 < p_end; p0 += 64) {
             int64_t p1 = p0 + 64 < p_end ? p0 + 64 : p_end;
             for (int64_t c = 0; c < C; c++) sg[c] = sgy[c] = 0.0f;
-            for (int64_t p = p0; p < p1; p++)
-                rows_bwd(C, g + p * C, y + p * C, dx ? dx + p * C : NULL, scale, sg, sgy, relu,
-                         set);
+            kern->actnorm_rows_bwd(p1 - p0, C, g + p0 * C, y + p0 * C, dx ? dx + p0 * C : NULL,
+                                   scale, sg, sgy, relu, set);
             if (sums)
                 for (int64_t c = 0; c < C; c++) acc[c] += sg[c], acc[C + c] += sgy[c];
         }

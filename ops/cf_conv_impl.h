@@ -51,8 +51,8 @@ typedef union cf__xsmm_fn {
 bool cf__xsmm_get(const cf__xsmm_key *key, cf__xsmm_fn *fn);
 
 /* dst[j * ldd + i] = src[i * lds + j] - (sub ? sub[j] : 0) for i < rows, j < cols: a blocked
- * transpose (16 x 16 AVX-512 blocks with masked edges where available); touches nothing
- * outside the two matrices. */
+ * transpose (16 x 16 blocks with masked edges on the AVX-512 path, 8 x 8 on the AVX2 path,
+ * plain loops on the generic one: cf_simd_impl.h); touches nothing outside the two matrices. */
 void cf__transpose_f32(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
                        int64_t cols, const float *sub);
 

@@ -4,9 +4,10 @@
  * libxsmm is column-major, so an NHWC row of Wo pixels with C channels is a (C x Wo) matrix
  * with leading dimension C, and an HWIO tap W[kh][kw] ([c][k] row-major) is a (K x C) matrix
  * with leading dimension K. The drivers pick one of six formulations by shape:
- *   few (1 to 4 output channels from a multiple of 16 input channels, with AVX-512): written
- *         by hand, no GEMM: the input channels on the vector lanes, blocks of output pixels
- *         with their K sums each in registers, the input read in place (see fwd_few);
+ *   few (1 to 4 output channels from a multiple of 16 input channels on the AVX-512 path, of
+ *         8 on the AVX2 path; not on the generic path): written by hand per path
+ *         (cf_simd_impl.h), no GEMM: the input channels on the vector lanes, blocks of output
+ *         pixels with their K sums each in registers, the input read in place (see fwd_few);
  *   rows (the default): Y_row (K x Wo) += sum_taps W_tap (K x C) * Xpad_row_shifted (C x Wo),
  *         one batch-reduce GEMM (byte offsets) per output row;
  *   col2im (K not a multiple of 16 and below 128, where a K-row GEMM would leave vector lanes
@@ -34,7 +35,8 @@
  * before), and the weight gradient accumulates into per-thread partial sums reduced at the end
  * (no atomics; the same result for a given thread count).
  *
- * Not here: masks, flipping weights, choosing between fast and reference (conv2d.c).
+ * Not here: masks, flipping weights, choosing between fast and reference (conv2d.c); the
+ * hand-written per-path kernels (transpose, epilogue, thin im2col copy, few) (simd_*.c).
  *
  * Legend: B batch, H, W input size, C input channels, K output channels, KH, KW kernel,
  * Ho, Wo output size, Hp, Wp padded input size, T = KH * KW taps, N pixels.
@@ -44,11 +46,7 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "cf_conv_impl.h"
-
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+#include "cf_simd_impl.h"
 
 void cf__conv_geom_init(cf__conv_geom *g, const cf_tensor *x, const cf_tensor *w, const int pad[4])
 {
@@ -74,50 +72,11 @@ static void start_rows(float *y, const float *bias, int64_t n, int64_t K, bool a
     }
 }
 
-#ifdef __AVX512F__
-/* finish_rows on 128 channels from k0 of n rows (stride K): the shifts and scales stay in 16
- * registers over the rows, so each vector of output costs one load and one store. */
-static void finish_128(float *y, int64_t n, int64_t K, const float *sh, const float *sc,
-                       bool relu)
-{
-    __m512 a[8], m[8];
-    for (int j = 0; j < 8; j++) {
-        a[j] = _mm512_loadu_ps(sh + 16 * j);
-        m[j] = _mm512_loadu_ps(sc + 16 * j);
-    }
-    const __m512 z = _mm512_setzero_ps();
-    for (int64_t p = 0; p < n; p++) {
-        float *r = y + p * K;
-        for (int j = 0; j < 8; j++) {
-            __m512 v = _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(r + 16 * j), a[j]), m[j]);
-            _mm512_storeu_ps(r + 16 * j, relu ? _mm512_max_ps(v, z) : v);
-        }
-    }
-}
-#endif
-
-/* Applies the epilogue (if any) to n finished output rows of K channels. */
+/* Applies the epilogue (if any) to n finished output rows of K channels (the path's kernel:
+ * cf_simd_impl.h). */
 static void finish_rows(float *y, int64_t n, int64_t K, const cf__conv_epilogue *epi)
 {
-    if (!epi) return;
-#ifdef __AVX512F__
-    if (K % 128 == 0) {
-        for (int64_t k0 = 0; k0 < K; k0 += 128)
-            finish_128(y + k0, n, K, epi->shift + k0, epi->scale + k0, epi->relu);
-        return;
-    }
-#endif
-    const float *restrict sh = epi->shift, *restrict sc = epi->scale;
-    for (int64_t p = 0; p < n; p++) {
-        float *restrict r = y + p * K;
-        if (epi->relu)
-            for (int64_t k = 0; k < K; k++) {
-                const float v = (r[k] + sh[k]) * sc[k];
-                r[k] = v > 0.0f ? v : 0.0f;
-            }
-        else
-            for (int64_t k = 0; k < K; k++) r[k] = (r[k] + sh[k]) * sc[k];
-    }
+    if (epi) cf__simd_get()->finish_rows(y, n, K, epi->shift, epi->scale, epi->relu);
 }
 
 /* The GEMMs' beta: they add when the rows hold something (acc, or a bias from start_rows). */
@@ -275,90 +234,18 @@ static int64_t line_up(int64_t floats)
 }
 
 /* The im2col matrix of output row i of a work item whose padded rows start at s: column w
- * holds the T*C inputs output pixel w reads, in HWIO order ([kh][kw][c]). */
+ * holds the T*C inputs output pixel w reads, in HWIO order ([kh][kw][c]) (the path's kernel). */
 static void im2col_row(float *col, const float *s, const cf__conv_geom *g, int64_t lrow)
 {
-    const int64_t C = g->C, TC = g->KH * g->KW * C, KWC = g->KW * C;
-#ifdef __AVX512F__
-    if (KWC <= 16) { /* a few floats per tap row (thin inputs): one masked copy, no call */
-        const __mmask16 m = (__mmask16)((1u << KWC) - 1);
-        for (int64_t w = 0; w < g->Wo; w++)
-            for (int64_t kh = 0; kh < g->KH; kh++)
-                _mm512_mask_storeu_ps(col + w * TC + kh * KWC, m,
-                                      _mm512_maskz_loadu_ps(m, s + ((lrow + kh) * g->Wp + w) * C));
-        return;
-    }
-#endif
-    for (int64_t w = 0; w < g->Wo; w++)
-        for (int64_t kh = 0; kh < g->KH; kh++)
-            memcpy(col + w * TC + kh * KWC, s + ((lrow + kh) * g->Wp + w) * C,
-                   (size_t)KWC * sizeof(float));
+    cf__simd_get()->im2col_row(col, s, g, lrow);
 }
 
 /* ---- transpose -------------------------------------------------------------------------- */
 
-#ifdef __AVX512F__
-
-/* dst[j * ldd + i] = src[i * lds + j] - (sub ? sub[j] : 0) for i < nr, j < nc (both <= 16):
- * masked loads and stores, so nothing outside the block is read or written. */
-static inline void tr16(float *dst, int64_t ldd, const float *src, int64_t lds, const float *sub,
-                        int nr, int nc)
-{
-    /* (fully unrolled, so r and t live in registers) */
-    const __mmask16 mc = (__mmask16)((1u << nc) - 1), mr = (__mmask16)((1u << nr) - 1);
-    const __m512 s = sub ? _mm512_maskz_loadu_ps(mc, sub) : _mm512_setzero_ps();
-    __m512 r[16], t[16];
-#pragma GCC unroll 16
-    for (int i = 0; i < 16; i++)
-        r[i] = i < nr ? _mm512_sub_ps(_mm512_maskz_loadu_ps(mc, src + i * lds), s)
-                      : _mm512_setzero_ps();
-#pragma GCC unroll 16
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-#pragma GCC unroll 16
-    for (int h = 0; h < 16; h += 8)
-#pragma GCC unroll 16
-        for (int i = 0; i < 4; i++) {
-            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
-            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
-        }
-#pragma GCC unroll 16
-    for (int i = 0; i < 8; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-    }
-#pragma GCC unroll 16
-    for (int j = 0; j < 16; j++)
-        if (j < nc) _mm512_mask_storeu_ps(dst + j * ldd, mr, r[j]);
-}
-#endif
-
 void cf__transpose_f32(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
                        int64_t cols, const float *sub)
 {
-    for (int64_t i0 = 0; i0 < rows; i0 += 16)
-        for (int64_t j0 = 0; j0 < cols; j0 += 16) {
-            const int nr = rows - i0 < 16 ? (int)(rows - i0) : 16;
-            const int nc = cols - j0 < 16 ? (int)(cols - j0) : 16;
-#ifdef __AVX512F__
-            tr16(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds, sub ? sub + j0 : NULL, nr,
-                 nc);
-#else
-            for (int i = 0; i < nr; i++)
-                for (int j = 0; j < nc; j++)
-                    dst[(j0 + j) * ldd + i0 + i] =
-                        src[(i0 + i) * lds + j0 + j] - (sub ? sub[j0 + j] : 0.0f);
-#endif
-        }
+    cf__simd_get()->transpose(dst, ldd, src, lds, rows, cols, sub);
 }
 
 /* ---- forward (and backward-data) -------------------------------------------------------- */
@@ -573,109 +460,31 @@ static bool fwd_im2col(cf_node *n, float *y, const float *x, const float *w, con
     return true;
 }
 
-#ifdef __AVX512F__
-/* Few output channels, direct form (written by hand: libxsmm's GEMMs put output channels or
- * pixels on the vector lanes, and 1 to 4 output channels fill neither; see fwd_pix). The input
- * channels go on the lanes (C a multiple of 16): a block of P output pixels of one row keeps
- * P x K accumulators of 16 partial sums in registers, each tap and 16-channel slice loads the
- * K weight vectors once and one input vector per pixel, read in place from x (NHWC: a pixel's
- * channels are contiguous; taps in the padding read a zero vector, or are skipped when the
- * whole input row is outside); the 16 partial sums are added at the end. Per block and
- * slice, K + P loads feed K * P FMAs. */
-#define FEW_K 4
-#define FEW_P 8
+/* Few output channels, direct form (written by hand, per instruction-set path: libxsmm's GEMMs
+ * put output channels or pixels on the vector lanes, and 1 to 4 output channels fill neither;
+ * see fwd_pix). The input channels go on the lanes (C a multiple of the path's lanes): a block
+ * of P output pixels of one row keeps P x K accumulators of partial sums in registers, each
+ * tap and slice of channels loads the K weight vectors once and one input vector per pixel,
+ * read in place from x (NHWC: a pixel's channels are contiguous; taps in the padding read a
+ * zero vector, or are skipped when the whole input row is outside); the partial sums are added
+ * at the end (the kernels: cf_simd_impl.h's few table). Per block and slice, K + P loads feed
+ * K * P FMAs. */
+#define FEW_K CF__FEW_K
+#define FEW_P CF__FEW_P
 
-/* out[i] = the sum of v[i]'s 16 lanes, for i < n: a transposing reduction (pairs of vectors
- * fold halves, then quarters, then pairs and single lanes of 128-bit lanes into each other),
- * 45 shuffles and adds for 16 sums instead of 16 separate reductions of 8 steps each. */
-static inline __attribute__((always_inline)) void hsum16(float *out, __m512 *v, int n)
+static bool few_ok(const cf__simd *k, const cf__conv_geom *g)
 {
-    for (int i = 0; i < 8; i++) /* v[i]: v[2i] in quarters 0-1, v[2i+1] in quarters 2-3 */
-        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-    for (int i = 0; i < 4; i++) /* quarter j of v[i]: original v[4i + j] */
-        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x88),
-                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xDD));
-    for (int i = 0; i < 2; i++) /* quarter j: v[8i + j] in lanes 0-1, v[8i + 4 + j] in 2-3 */
-        v[i] = _mm512_add_ps(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0x44),
-                             _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0xEE));
-    /* lane 4j + m: the sum of v[4m + j] */
-    const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88),
-                                   _mm512_shuffle_ps(v[0], v[1], 0xDD));
-    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    _mm512_mask_storeu_ps(out, (__mmask16)((1u << n) - 1), _mm512_permutexvar_ps(idx, r));
+    return k->few_lanes && g->K <= FEW_K && g->C % k->few_lanes == 0 && g->KH * g->KW <= 49;
 }
 
-static inline __attribute__((always_inline)) void few_block(float *out, const float *xb,
-                                                            const float *zero,
-                                                            const int32_t *offs, const float *wt,
-                                                            int64_t C, int ntaps, const int P,
-                                                            const int K)
-{
-    __m512 acc[FEW_P][FEW_K];
-    for (int p = 0; p < P; p++)
-        for (int k = 0; k < K; k++) acc[p][k] = _mm512_setzero_ps();
-    for (int t = 0; t < ntaps; t++) {
-        const float *ps[FEW_P]; /* the tap's input pixels (zeros in the padding) */
-        for (int p = 0; p < P; p++) {
-            const int32_t o = offs[t * FEW_P + p];
-            ps[p] = o >= 0 ? xb + o : zero;
-        }
-        const float *wk = wt + (int64_t)t * K * C; /* this tap's [k][c] */
-        for (int64_t c = 0; c < C; c += 16) {
-            __m512 wv[FEW_K];
-            for (int k = 0; k < K; k++) wv[k] = _mm512_load_ps(wk + k * C + c);
-            for (int p = 0; p < P; p++) {
-                __m512 xv = _mm512_loadu_ps(ps[p] + c);
-                __asm__("" : "+v"(xv)); /* one load for the K FMAs, not one folded into each */
-                for (int k = 0; k < K; k++) acc[p][k] = _mm512_fmadd_ps(xv, wv[k], acc[p][k]);
-            }
-        }
-    }
-    /* out[p * K + k] = the sum of acc[p][k]'s lanes, 16 sums at a time */
-    for (int q0 = 0; q0 < P * K; q0 += 16) {
-        __m512 v[16];
-        for (int q = 0; q < 16; q++)
-            v[q] = q0 + q < P * K ? acc[(q0 + q) / K][(q0 + q) % K] : _mm512_setzero_ps();
-        const int left = P * K - q0;
-        hsum16(out + q0, v, left < 16 ? left : 16);
-    }
-}
-
-typedef void (*few_fn)(float *, const float *, const float *, const int32_t *, const float *,
-                       int64_t, int);
-#define FEW_DEF(P, K)                                                                        \
-    static void few_##P##_##K(float *o, const float *xb, const float *z, const int32_t *offs, \
-                              const float *w, int64_t C, int n)                              \
-    {                                                                                        \
-        few_block(o, xb, z, offs, w, C, n, P, K);                                            \
-    }
-#define FEW_DEF_P(P) FEW_DEF(P, 1) FEW_DEF(P, 2) FEW_DEF(P, 3) FEW_DEF(P, 4)
-FEW_DEF_P(1) FEW_DEF_P(2) FEW_DEF_P(3) FEW_DEF_P(4) FEW_DEF_P(5) FEW_DEF_P(6) FEW_DEF_P(7)
-FEW_DEF_P(8)
-#define FEW_ROW(P) {few_##P##_1, few_##P##_2, few_##P##_3, few_##P##_4}
-static const few_fn few_tab[FEW_P][FEW_K] = {FEW_ROW(1), FEW_ROW(2), FEW_ROW(3), FEW_ROW(4),
-                                             FEW_ROW(5), FEW_ROW(6), FEW_ROW(7), FEW_ROW(8)};
-
-/* Most pixels per block for K outputs: P * K accumulators, K weights and one input vector
- * within the 32 vector registers. */
-static int few_pmax(int64_t K)
-{
-    return K <= 3 ? FEW_P : 6;
-}
-
-static bool few_ok(const cf__conv_geom *g)
-{
-    return g->K <= FEW_K && g->C % 16 == 0 && g->KH * g->KW <= 49;
-}
-
-static bool fwd_few(cf_node *n, float *y, const float *x, const float *w, const float *bias,
-                    const cf__conv_geom *g, bool acc, const cf__conv_epilogue *epi)
+static bool fwd_few(const cf__simd *kern, cf_node *n, float *y, const float *x, const float *w,
+                    const float *bias, const cf__conv_geom *g, bool acc,
+                    const cf__conv_epilogue *epi)
 {
     const int64_t C = g->C, K = g->K, H = g->H, W = g->W, Wo = g->Wo, Ho = g->Ho;
     const int64_t T = g->KH * g->KW;
     /* Output rows in blocks of P pixels as even as the register budget allows. */
-    const int64_t pmax = few_pmax(K), nblk = (Wo + pmax - 1) / pmax, P = (Wo + nblk - 1) / nblk;
+    const int64_t pmax = kern->few_pmax[K - 1], nblk = (Wo + pmax - 1) / pmax, P = (Wo + nblk - 1) / nblk;
     float *wt = cf_node_scratch(n, (size_t)(T * K * C + C) * sizeof(float));
     /* Per (output row, block), the same for every image: the taps whose input row is inside
      * the image (consecutive: nv of them from tap row `first`), and for each tap and pixel the
@@ -714,7 +523,7 @@ static bool fwd_few(cf_node *n, float *y, const float *x, const float *w, const 
             const int64_t rb = i * nblk + blk, j0 = blk * P, np = Wo - j0 < P ? Wo - j0 : P;
             float out[FEW_P * FEW_K];
             if (nvs[rb])
-                few_tab[np - 1][K - 1](out, xb, zero, offs + rb * T * FEW_P,
+                kern->few[np - 1][K - 1](out, xb, zero, offs + rb * T * FEW_P,
                                        wt + firsts[rb] * g->KW * K * C, C, nvs[rb]);
             else
                 memset(out, 0, sizeof out);
@@ -729,7 +538,6 @@ static bool fwd_few(cf_node *n, float *y, const float *x, const float *w, const 
     }
     return true;
 }
-#endif
 
 /* The default: one batch-reduce GEMM over the taps per output row. */
 static bool fwd_rows(cf_node *n, float *y, const float *x, const float *w, const float *bias,
@@ -776,9 +584,8 @@ bool cf__conv_forward_f32(cf_node *n, float *y, const float *x, const float *w, 
 {
     CF_ASSERT(!(acc && epi), "cf__conv_forward_f32: an epilogue needs a written output");
     if (g->B == 0) return true;
-#ifdef __AVX512F__
-    if (few_ok(g)) return fwd_few(n, y, x, w, bias, g, acc, epi);
-#endif
+    const cf__simd *kern = cf__simd_get();
+    if (few_ok(kern, g)) return fwd_few(kern, n, y, x, w, bias, g, acc, epi);
     if (pix_k(g)) return fwd_pix(n, y, x, w, bias, g, acc, epi);
     if (thin_k(g->K)) return fwd_col2im(n, y, x, w, bias, g, acc, epi);
     if (g->KH == 1 && g->KW == 1 && !g->pt && !g->pl && !g->pb && !g->pr)

@@ -15,9 +15,11 @@
  */
 #include <check.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cf_cpu.h"
 #include "cincflow.h"
 
 /* Relative L2 error accepted between fast f32 and reference (double-accumulated) kernels. */
@@ -134,12 +136,29 @@ static void check_fast_conv(int64_t B, int64_t H, int64_t W, int64_t C, int64_t 
     cf_tensor_free(x), cf_tensor_free(w), cf_tensor_free(b);
 }
 
+/* The fast tests run once per kernel path (cf_cpu.h): loop index i selects path i / per and
+ * case i % per. Makes the path current and returns true, or notes and returns false when the
+ * CPU cannot run it. */
+static bool use_path(int path)
+{
+    if (path > (int)cf_cpu_isa_supported()) {
+        printf("test_conv: path %s not available on this CPU (best %s): not tested here\n",
+               cf_isa_name((cf_isa)path), cf_isa_name(cf_cpu_isa_supported()));
+        return false;
+    }
+    ck_assert_int_eq(cf_cpu_set_isa((cf_isa)path), CF_OK);
+    return true;
+}
+
 /* ---- fast against reference ------------------------------------------------------------- */
 
-/* Loop test over widths 1 to 33: every padding kind, 1 and 3 channels, batch 1 or 2. */
+/* Loop test over widths 1 to 33 (per path): every padding kind, 1 and 3 channels, batch 1 or
+ * 2. */
+#define ODD_WIDTHS 33
 START_TEST(test_fast_conv_odd_shapes)
 {
-    const int64_t W = _i, H = 1 + W % 4, B = W % 2 ? 1 : 2;
+    if (!use_path(_i / ODD_WIDTHS)) return;
+    const int64_t W = 1 + _i % ODD_WIDTHS, H = 1 + W % 4, B = W % 2 ? 1 : 2;
     static const struct {
         int k;
         int pad[4];
@@ -168,9 +187,12 @@ END_TEST
  * that are not a multiple of 16, pix for 2 to 4 of them on long rows, few for 1 to 4 of them
  * from a multiple of 16 inputs, im2col for few input
  * channels, 1x1 over pixel chunks, and their backward-weight forms), threaded over images and
- * over row blocks of one image, with partial pixel chunks and partial vectors. */
+ * over row blocks of one image, with partial pixel chunks and partial vectors; per path (the few
+ * form needs a multiple of 16 input channels with AVX-512, of 8 with AVX2, and is not used on
+ * the generic path). */
 START_TEST(test_fast_conv_larger_shapes)
 {
+    if (!use_path(_i)) return;
     const cf_conv_attrs same = {{1, 1, 1, 1}, CF_CONV_MASK_NONE};
     const cf_conv_attrs none = {{0, 0, 0, 0}, CF_CONV_MASK_NONE};
     const cf_conv_attrs causal = {{2, 2, 0, 0}, CF_CONV_MASK_NONE};
@@ -202,6 +224,9 @@ START_TEST(test_fast_conv_larger_shapes)
     const cf_conv_attrs wide = {{2, 2, 2, 2}, CF_CONV_MASK_NONE};
     check_fast_conv(2, 6, 9, 32, 3, 5, 5, &wide, true, 33);     /* 5x5 */
     check_fast_conv(2, 6, 11, 2, 32, 3, 3, &same, true, 34);    /* backward-data by few */
+    check_fast_conv(2, 7, 13, 8, 4, 3, 3, &same, true, 35);     /* few on AVX2 only: 8 in, */
+    check_fast_conv(2, 5, 9, 24, 3, 3, 3, &odd, false, 36);     /* 24 in, */
+    check_fast_conv(1, 4, 3, 8, 2, 3, 3, &causal, true, 37);    /* shorter than a block */
     const cf_conv_attrs cinc = cf_conv_attrs_masked(CF_CONV_MASK_CINC);
     check_fast_conv(3, 8, 8, 12, 12, 3, 3, &cinc, true, 16);
 }
@@ -479,6 +504,7 @@ END_TEST
  * y is arbitrary here, so an error in one sweep cannot cancel against the forward). */
 START_TEST(test_inverse_fast_matches_reference)
 {
+    if (!use_path(_i)) return; /* (per path: the sweeps transpose) */
     for (size_t m = 0; m < 3; m++) {
         cf_tensor *y = heap(CF_F32, 19, 6, 5, 7), *xf = heap(CF_F32, 19, 6, 5, 7);
         cf_tensor *xr = heap(CF_F32, 19, 6, 5, 7);
@@ -631,8 +657,8 @@ static Suite *conv_suite(void)
     Suite *s = suite_create("conv");
     TCase *fast = tcase_create("fast against reference");
     tcase_set_timeout(fast, 120);
-    tcase_add_loop_test(fast, test_fast_conv_odd_shapes, 1, 34);
-    tcase_add_test(fast, test_fast_conv_larger_shapes);
+    tcase_add_loop_test(fast, test_fast_conv_odd_shapes, 0, CF_ISA_COUNT * ODD_WIDTHS);
+    tcase_add_loop_test(fast, test_fast_conv_larger_shapes, 0, CF_ISA_COUNT);
     suite_add_tcase(s, fast);
     TCase *grad = tcase_create("gradients");
     tcase_set_timeout(grad, 120);
@@ -644,7 +670,7 @@ static Suite *conv_suite(void)
     TCase *inv = tcase_create("inverse");
     tcase_set_timeout(inv, 120);
     tcase_add_test(inv, test_inverse_round_trip);
-    tcase_add_test(inv, test_inverse_fast_matches_reference);
+    tcase_add_loop_test(inv, test_inverse_fast_matches_reference, 0, CF_ISA_COUNT);
     tcase_add_test(inv, test_inverse_singular);
     tcase_add_test(inv, test_conv_argument_errors);
     suite_add_tcase(s, inv);

@@ -31,8 +31,12 @@ typedef struct bench_result {
 double bench_now(void);
 /* Median of n values (sorts them). */
 double bench_median(double *v, int n);
-/* The single-core peak of an FMA loop (AVX-512 or AVX2 intrinsics), GFLOP/s; *isa names it. */
+/* The single-core peak of an FMA loop for the kernel path in use (AVX-512 or AVX2 intrinsics,
+ * or scalar on the generic path), GFLOP/s; *isa names the loop. */
 double bench_fma_peak(const char **isa);
+/* "avx512, libxsmm skx": the kernel path in use and libxsmm's target, for every report line.
+ * Static string. */
+const char *bench_path(void);
 /* Prints a result (text or JSON, per opts). */
 void bench_report(const bench_opts *o, const bench_result *r);
 /* True when the case should run under --filter. */

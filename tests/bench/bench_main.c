@@ -3,14 +3,19 @@
  * Not here: the cases (bench_conv.c, bench_inverse.c, bench_model.c).
  */
 #include <errno.h>
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <libxsmm.h>
+
 #include "bench_impl.h"
+#include "cf_cpu.h"
 #include "cf_bench.h"
 
 double bench_now(void)
@@ -36,51 +41,39 @@ double bench_median(double *v, int n)
 
 /* Runs `iters` rounds of 12 independent FMA chains (named registers, so nothing spills;
  * 12 covers latency x throughput on current cores) and returns GFLOP/s. The accumulators are
- * summed into *sink so the loop is not optimised away. */
+ * summed into *sink so the loop is not optimised away. One version per kernel path, compiled
+ * for it with GCC's target attribute, so the peak follows the path that runs (cf_cpu.h). */
 #define PEAK_CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
-#if defined(__AVX512F__)
-#define PEAK_ISA "AVX-512"
-#define PEAK_LANES 16
-typedef __m512 peak_vec;
-#define PEAK_SET1 _mm512_set1_ps
-#define PEAK_FMA _mm512_fmadd_ps
-#define PEAK_ADD _mm512_add_ps
-#elif defined(__AVX2__) && defined(__FMA__)
-#define PEAK_ISA "AVX2"
-#define PEAK_LANES 8
-typedef __m256 peak_vec;
-#define PEAK_SET1 _mm256_set1_ps
-#define PEAK_FMA _mm256_fmadd_ps
-#define PEAK_ADD _mm256_add_ps
+#define PEAK_LOOP(NAME, TARGET, VEC, LANES, SET1)                                              \
+    __attribute__((target(TARGET))) static double NAME(long iters, float *sink)                \
+    {                                                                                          \
+        const VEC a = SET1(0.999999f), b = SET1(1e-7f);                                        \
+        PEAK_CHAINS(DECL_##LANES)                                                              \
+        const double t0 = bench_now();                                                         \
+        for (long it = 0; it < iters; it++) {                                                  \
+            PEAK_CHAINS(STEP_##LANES)                                                          \
+            __asm__ volatile("" ::: "memory");                                                 \
+        }                                                                                      \
+        const double dt = bench_now() - t0;                                                    \
+        VEC s = acc0;                                                                          \
+        PEAK_CHAINS(SUM_##LANES)                                                               \
+        float out[LANES];                                                                      \
+        memcpy(out, &s, sizeof out);                                                           \
+        for (int i = 0; i < LANES; i++) *sink += out[i];                                       \
+        return (double)iters * 12 * LANES * 2 / dt * 1e-9;                                     \
+    }
+#define DECL_16(i) __m512 acc##i = _mm512_set1_ps((float)(i));
+#define DECL_8(i) __m256 acc##i = _mm256_set1_ps((float)(i));
+#define STEP_16(i) acc##i = _mm512_fmadd_ps(acc##i, a, b);
+#define STEP_8(i) acc##i = _mm256_fmadd_ps(acc##i, a, b);
+#define SUM_16(i) s = _mm512_add_ps(s, acc##i);
+#define SUM_8(i) s = _mm256_add_ps(s, acc##i);
+#if defined(__x86_64__) || defined(__i386__)
+PEAK_LOOP(fma_loop_avx512, "avx512f,fma", __m512, 16, _mm512_set1_ps)
+PEAK_LOOP(fma_loop_avx2, "avx2,fma", __m256, 8, _mm256_set1_ps)
 #endif
 
-#ifdef PEAK_ISA
-static double fma_loop(long iters, float *sink)
-{
-    const peak_vec a = PEAK_SET1(0.999999f), b = PEAK_SET1(1e-7f);
-#define DECL(i) peak_vec acc##i = PEAK_SET1((float)(i));
-    PEAK_CHAINS(DECL)
-#undef DECL
-    const double t0 = bench_now();
-    for (long it = 0; it < iters; it++) {
-#define STEP(i) acc##i = PEAK_FMA(acc##i, a, b);
-        PEAK_CHAINS(STEP)
-#undef STEP
-        __asm__ volatile("" ::: "memory");
-    }
-    const double dt = bench_now() - t0;
-    peak_vec s = acc0;
-#define SUM(i) s = PEAK_ADD(s, acc##i);
-    PEAK_CHAINS(SUM)
-#undef SUM
-    float out[PEAK_LANES];
-    memcpy(out, &s, sizeof out);
-    for (int i = 0; i < PEAK_LANES; i++) *sink += out[i];
-    return (double)iters * 12 * PEAK_LANES * 2 / dt * 1e-9;
-}
-#else
-#define PEAK_ISA "scalar (no FMA intrinsics in this build)"
-static double fma_loop(long iters, float *sink)
+static double fma_loop_scalar(long iters, float *sink)
 {
     float acc[12];
     for (int i = 0; i < 12; i++) acc[i] = (float)i;
@@ -91,10 +84,15 @@ static double fma_loop(long iters, float *sink)
     for (int i = 0; i < 12; i++) *sink += acc[i];
     return (double)iters * 12 * 2 / dt * 1e-9;
 }
-#endif
 
 double bench_fma_peak(const char **isa)
 {
+    double (*fma_loop)(long, float *) = fma_loop_scalar;
+    *isa = "scalar (generic path)";
+#if defined(__x86_64__) || defined(__i386__)
+    if (cf_cpu_isa() == CF_ISA_AVX512) fma_loop = fma_loop_avx512, *isa = "AVX-512";
+    if (cf_cpu_isa() == CF_ISA_AVX2) fma_loop = fma_loop_avx2, *isa = "AVX2";
+#endif
     float sink = 0;
     double best = 0;
     fma_loop(1000000, &sink); /* warm-up: clocks up, caches the code */
@@ -103,8 +101,16 @@ double bench_fma_peak(const char **isa)
         if (g > best) best = g;
     }
     if (sink == 12345.0f) fprintf(stderr, " "); /* keeps sink alive */
-    *isa = PEAK_ISA;
     return best;
+}
+
+const char *bench_path(void)
+{
+    static char buf[64];
+    if (!buf[0])
+        snprintf(buf, sizeof buf, "%s, libxsmm %s", cf_isa_name(cf_cpu_isa()),
+                 libxsmm_get_target_arch());
+    return buf;
 }
 
 /* ---- reporting ---------------------------------------------------------------------------- */
@@ -130,9 +136,9 @@ void bench_report(const bench_opts *o, const bench_result *r)
     if (o->json) {
         printf("{\"name\": \"%s\", \"shape\": \"%s\", \"threads\": %d, \"median_s\": %.6g, "
                "\"min_s\": %.6g, \"repeats\": %d, \"gflops\": %.4g, \"peak_fraction\": %.4f, "
-               "\"peak_gflops\": %.4g",
+               "\"peak_gflops\": %.4g, \"isa\": \"%s\", \"xsmm_target\": \"%s\"",
                r->name, r->shape, o->threads, r->median_s, r->min_s, r->repeats, gflops, frac,
-               o->peak * o->threads);
+               o->peak * o->threads, cf_isa_name(cf_cpu_isa()), libxsmm_get_target_arch());
         if (ratio > 0)
             printf(", \"ref_ratio\": %.4g, \"ref_note\": \"%s\"", ratio, r->ref_note);
         printf("}\n");
@@ -140,7 +146,7 @@ void bench_report(const bench_opts *o, const bench_result *r)
         printf("%-30s %-30s %10.4f s %8.1f GFLOP/s %5.1f%% peak", r->name, r->shape, r->median_s,
                gflops, 100 * frac);
         if (ratio > 0) printf("  ref x%-8.0f (%s)", ratio, r->ref_note);
-        printf("\n");
+        printf("  [%s]\n", bench_path());
     }
     fflush(stdout);
 }
@@ -204,11 +210,15 @@ int cf_bench_main(int argc, char **argv)
     o.peak = bench_fma_peak(&isa);
     if (o.json)
         printf("{\"name\": \"fma_peak\", \"shape\": \"%s single core\", \"threads\": 1, "
-               "\"median_s\": 0, \"gflops\": %.4g, \"peak_fraction\": 1}\n", isa, o.peak);
+               "\"median_s\": 0, \"gflops\": %.4g, \"peak_fraction\": 1, \"isa\": \"%s\", "
+               "\"xsmm_target\": \"%s\"}\n", isa, o.peak, cf_isa_name(cf_cpu_isa()),
+               libxsmm_get_target_arch());
     else
-        printf("# cincflow bench %s: %d thread(s); single-core fp32 FMA peak %.1f GFLOP/s (%s "
-               "loop); peak%% is against threads x that; ref xN is reference time / fast "
-               "time\n", suite, o.threads, o.peak, isa);
+        printf("# cincflow bench %s: %d thread(s); kernel path %s (CF_ISA), libxsmm target %s; "
+               "single-core fp32 FMA peak %.1f GFLOP/s (%s loop); peak%% is against threads x "
+               "that; ref xN is reference time / fast time; [path, libxsmm target] ends each "
+               "line\n", suite, o.threads, cf_isa_name(cf_cpu_isa()), libxsmm_get_target_arch(),
+               o.peak, isa);
     if (strcmp(suite, "conv") == 0) return bench_conv(&o);
     if (strcmp(suite, "inverse") == 0) return bench_inverse(&o);
     if (strcmp(suite, "train") == 0) return bench_train(&o);

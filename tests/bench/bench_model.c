@@ -81,11 +81,12 @@ static void report(const bench_opts *o, const char *name, const char *shape, dou
     if (o->json)
         printf("{\"name\": \"%s\", \"shape\": \"%s\", \"threads\": %d, \"median_s\": %.6g, "
                "\"repeats\": %d, \"images_per_s\": %.4g, \"peak_rss_mb\": %.0f, \"note\": "
-               "\"%s\"}\n", name, shape, o->threads, median_s, repeats, ips, peak_rss_mb(),
-               note ? note : "");
+               "\"%s\", \"path\": \"%s\"}\n", name, shape, o->threads, median_s, repeats, ips,
+               peak_rss_mb(), note ? note : "", bench_path());
     else
-        printf("%-28s %-44s threads %d  median %9.4f s  %8.2f images/s  rss %.0f MB%s%s\n", name,
-               shape, o->threads, median_s, ips, peak_rss_mb(), note ? "  " : "", note ? note : "");
+        printf("%-28s %-44s threads %d  median %9.4f s  %8.2f images/s  rss %.0f MB%s%s  [%s]\n",
+               name, shape, o->threads, median_s, ips, peak_rss_mb(), note ? "  " : "",
+               note ? note : "", bench_path());
     fflush(stdout);
 }
 
