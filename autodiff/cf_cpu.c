@@ -118,3 +118,24 @@ cf_status cf_cpu_set_isa(cf_isa isa)
     current_isa = isa;
     return CF_OK;
 }
+
+/* One flag per path, written only when it changes, so kernels on many threads do not share a
+ * written cache line. */
+static volatile int path_used[CF_ISA_COUNT];
+
+void cf_cpu_note_path(cf_isa isa)
+{
+    if ((unsigned)isa < CF_ISA_COUNT && !path_used[isa]) path_used[isa] = 1;
+}
+
+unsigned cf_cpu_paths_used(void)
+{
+    unsigned bits = 0;
+    for (int i = 0; i < CF_ISA_COUNT; i++) bits |= path_used[i] ? 1u << i : 0;
+    return bits;
+}
+
+void cf_cpu_paths_used_reset(void)
+{
+    for (int i = 0; i < CF_ISA_COUNT; i++) path_used[i] = 0;
+}

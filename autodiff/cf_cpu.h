@@ -60,6 +60,14 @@ cf_isa cf_cpu_isa_choose(const char *request, cf_isa supported, char *why, size_
  * other threads. libxsmm's own target is not changed. */
 cf_status cf_cpu_set_isa(cf_isa isa);
 
+/* The dispatch record: bit i is set once the kernels have been handed path i's code (the
+ * per-path table of hand-written kernels) since the last reset, so a test can show that the
+ * path it forced is the one that ran. Cheap: each bit is written once. */
+unsigned cf_cpu_paths_used(void);
+void cf_cpu_paths_used_reset(void);
+/* For the kernels: notes that path isa's code is being used. */
+void cf_cpu_note_path(cf_isa isa);
+
 #ifdef __cplusplus
 }
 #endif

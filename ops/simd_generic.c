@@ -16,7 +16,9 @@ const cf__simd cf__simd_generic = {
 
 const cf__simd *cf__simd_for(cf_isa isa)
 {
-    return isa == CF_ISA_AVX512 ? &cf__simd_avx512
-           : isa == CF_ISA_AVX2 ? &cf__simd_avx2
-                                : &cf__simd_generic;
+    const cf__simd *t = isa == CF_ISA_AVX512 ? &cf__simd_avx512
+                        : isa == CF_ISA_AVX2 ? &cf__simd_avx2
+                                             : &cf__simd_generic;
+    cf_cpu_note_path(t->isa); /* the dispatch record: the table's own path */
+    return t;
 }

@@ -115,7 +115,16 @@ static bool use_path(int i)
         return false;
     }
     ck_assert_int_eq(cf_cpu_set_isa((cf_isa)i), CF_OK);
+    cf_cpu_paths_used_reset();
     return true;
+}
+
+/* The dispatch record shows that path i's code served the kernels, and no other path's. */
+static void expect_only_path(int i)
+{
+    ck_assert_msg(cf_cpu_paths_used() == 1u << i, "path %s forced, but the kernels were handed "
+                  "paths 0x%x (bit 0 generic, 1 avx2, 2 avx512)", cf_isa_name((cf_isa)i),
+                  cf_cpu_paths_used());
 }
 
 /* Every registered op with a fast f32 kernel, on each of its cases. */
@@ -141,6 +150,7 @@ START_TEST(test_ops_fast_per_path)
         }
     }
     ck_assert_int_gt(checked, 10);
+    expect_only_path(_i);
 }
 END_TEST
 
@@ -202,6 +212,7 @@ START_TEST(test_kernels_per_path)
         const cf_actnorm_attrs a = {relu};
         check_op("actnorm", 3, in, &a, relu ? "relu, 37 channels" : "37 channels");
     }
+    expect_only_path(_i);
 }
 END_TEST
 
