@@ -23,7 +23,7 @@ done
 stamp=$(mktemp "$artifacts/.start.XXXXXX")
 "$binary" -fork=1 -ignore_crashes=1 -ignore_ooms=1 -ignore_timeouts=1 "$@"
 status=$?
-known=0
+known=0 findings=0
 for a in "$artifacts/$harness"-*; do
     [ -f "$a" ] && [ "$a" -nt "$stamp" ] || continue
     report=$("$binary" -runs=1 "${limits[@]}" "$a" 2>&1)
@@ -41,9 +41,15 @@ for a in "$artifacts/$harness"-*; do
     else
         echo "fuzz_one.sh: FINDING: $a"
         printf '%s\n' "$report" | tail -60
+        findings=$((findings + 1))
         status=1
     fi
 done
 rm -f "$stamp"
 echo "fuzz_one.sh: $known input(s) failing inside HDF5 set aside"
+# In fork mode libFuzzer exits non-zero after any input it went past (71 after an
+# out-of-memory): when every such input was one of HDF5's own faults, the run passed.
+if [ "$status" -ne 0 ] && [ $findings -eq 0 ] && [ $known -gt 0 ]; then
+    status=0
+fi
 exit $status
