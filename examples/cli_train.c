@@ -217,16 +217,24 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
                         : 1;
     if (o.threads) omp_set_num_threads((int)o.threads);
 
-    cf_dataset *ds = cf_dataset_open(o.data, "train");
+    cf_dataset *ds = NULL, *test = NULL;
+    /* Leaves before training starts: what was made so far is given back. */
+#define EARLY(rc)                                                                              \
+    do {                                                                                       \
+        cf_dataset_free(ds);                                                                   \
+        cf_dataset_free(test);                                                                 \
+        cf_arch_free(arch);                                                                    \
+        return (rc);                                                                           \
+    } while (0)
+    ds = cf_dataset_open(o.data, "train");
     if (!ds) {
         fprintf(stderr, "cincflow train: --data %s: %s\n", o.data, cf_last_error());
-        return 1;
+        EARLY(1);
     }
-    cf_dataset *test = o.eval_every ? cf_dataset_open(o.data, "test") : NULL;
+    test = o.eval_every ? cf_dataset_open(o.data, "test") : NULL;
     if (o.eval_every && !test) {
         fprintf(stderr, "cincflow train: --eval-every needs a test split: %s\n", cf_last_error());
-        cf_dataset_free(ds);
-        return 1;
+        EARLY(1);
     }
     int h, w, c;
     cf_dataset_shape(ds, &h, &w, &c);
@@ -234,7 +242,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
         fprintf(stderr, "cincflow train: --shape %lldx%lldx%lld, but --data %s holds %dx%dx%d "
                         "images\n", (long long)o.model.shape[0], (long long)o.model.shape[1],
                 (long long)o.model.shape[2], o.data, h, w, c);
-        return 2;
+        EARLY(2);
     }
     o.model.shape[0] = h, o.model.shape[1] = w, o.model.shape[2] = c;
     cf_flow_config cfg = cli_model_config(&o.model);
@@ -251,15 +259,14 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
         cf_ckpt_meta_clear(&meta);
         if (st != CF_OK) {
             fprintf(stderr, "cincflow train: --resume %s: %s\n", o.resume, cf_last_error());
-            return 1;
+            EARLY(1);
         }
     }
     if (arch && (arch->shape[0] != h || arch->shape[1] != w || arch->shape[2] != c)) {
         fprintf(stderr, "cincflow train: --arch %s takes %lldx%lldx%lld images, but --data %s "
                         "holds %dx%dx%d\n", o.arch, (long long)arch->shape[0],
                 (long long)arch->shape[1], (long long)arch->shape[2], o.data, h, w, c);
-        cf_arch_free(arch);
-        return 2;
+        EARLY(2);
     }
     /* Activations are those of one micro-batch (by default CF_FLOW_MICRO_PER_THREAD images
      * per thread). */
@@ -269,25 +276,27 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
     cf_flow *flow = NULL;
     if (builtin && !o.resume) { /* sizes checked before anything is allocated */
         recompute |= o.recompute == 0 && cli_activation_bytes(&cfg, pass, false) > 4e9;
-        if (!cli_check_memory("train", &cfg, pass, true, recompute)) return 2;
+        if (!cli_check_memory("train", &cfg, pass, true, recompute)) EARLY(2);
         flow = cf_flow_new(&cfg, CF_F32);
     } else if (arch) {
         flow = cf_flow_from_arch(arch, CF_F32, (uint64_t)o.seed);
-        cf_arch_free(arch);
     } else {
         flow = cf_flow_load(o.resume, CF_F32, NULL);
     }
+    cf_arch_free(arch);
+    arch = NULL;
     if (!flow) {
         fprintf(stderr, "cincflow train: %s\n", cf_last_error());
-        return o.resume ? 1 : 2;
+        EARLY(o.resume ? 1 : 2);
     }
     if (!builtin || o.resume) {
         recompute |= o.recompute == 0 && cli_flow_activation_bytes(flow, pass, false) > 4e9;
         if (!cli_check_flow_memory("train", flow, pass, true, recompute)) {
             cf_flow_free(flow);
-            return 2;
+            EARLY(2);
         }
     }
+#undef EARLY
     const cf_flow_config *fcfg = cf_flow_config_of(flow);
     cf_flow_set_recompute(flow, recompute);
     cf_flow_set_rebuild_inputs(flow, o.recompute == 3);
