@@ -205,30 +205,6 @@ cf_flow_config cli_model_config(const cli_model *m)
     return c;
 }
 
-const char *cli_coupling_name(const cf_flow_config *c)
-{
-    return c->coupling_name ? c->coupling_name
-                            : c->coupling == CF_COUPLING_KIND_AFFINE ? "affine" : "quad";
-}
-
-const char *cli_conv_name(const cf_flow_config *c)
-{
-    return c->conv_name                           ? c->conv_name
-           : c->conv == CF_INVCONV_KIND_1X1      ? "1x1"
-           : c->conv == CF_INVCONV_KIND_EMERGING ? "emerging"
-                                                 : "cinc";
-}
-
-double cli_activation_bytes(const cf_flow_config *c, int64_t batch, bool recompute)
-{
-    return cf_flow_config_activation_bytes(c, batch, recompute);
-}
-
-double cli_flow_activation_bytes(const cf_flow *flow, int64_t batch, bool recompute)
-{
-    return cf_flow_activation_bytes(flow, batch, recompute);
-}
-
 /* Prints a message and returns false when `need` bytes would not fit in the machine. */
 static bool fits(const char *cmd, double need, bool training, bool recompute)
 {

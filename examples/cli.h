@@ -55,26 +55,18 @@ int cli_model_flags(cli_flag *flags, cli_model *m);
 cli_model cli_model_defaults(void);
 cf_flow_config cli_model_config(const cli_model *m);
 
-/* Bytes of activations a plain training step of this model keeps on the tape, roughly, and
- * with recomputation (one step's worth plus one tensor per step). */
-double cli_activation_bytes(const cf_flow_config *cfg, int64_t batch, bool recompute);
 /* Prints a message and returns false when the model and batch would not fit in the machine's
  * memory (parameters, gradients and moments, plus activations). */
 bool cli_check_memory(const char *cmd, const cf_flow_config *cfg, int64_t batch, bool training,
                       bool recompute);
 
-/* The same two from a built flow's layers (any architecture). */
-double cli_flow_activation_bytes(const cf_flow *flow, int64_t batch, bool recompute);
+/* The same from a built flow's layers (any architecture). */
 bool cli_check_flow_memory(const char *cmd, const cf_flow *flow, int64_t batch, bool training,
                            bool recompute);
 
 /* cf_flow_load, printing the error: the flow a checkpoint describes with its parameters, or
  * NULL. meta is filled (clear it with cf_ckpt_meta_clear). */
 cf_flow *cli_load_flow(const char *cmd, const char *path, cf_ckpt_meta *meta);
-
-/* The conv and coupling kinds' choice names of a built-in model's config. */
-const char *cli_coupling_name(const cf_flow_config *cfg);
-const char *cli_conv_name(const cf_flow_config *cfg);
 
 /* Monotonic seconds. */
 double cli_now(void);

@@ -275,7 +275,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
     bool recompute = o.recompute == 1 || o.recompute == 3;
     cf_flow *flow = NULL;
     if (builtin && !o.resume) { /* sizes checked before anything is allocated */
-        recompute |= o.recompute == 0 && cli_activation_bytes(&cfg, pass, false) > 4e9;
+        recompute |= o.recompute == 0 && cf_flow_config_activation_bytes(&cfg, pass, false) > 4e9;
         if (!cli_check_memory("train", &cfg, pass, true, recompute)) EARLY(2);
         flow = cf_flow_new(&cfg, CF_F32);
     } else if (arch) {
@@ -290,7 +290,7 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
         EARLY(o.resume ? 1 : 2);
     }
     if (!builtin || o.resume) {
-        recompute |= o.recompute == 0 && cli_flow_activation_bytes(flow, pass, false) > 4e9;
+        recompute |= o.recompute == 0 && cf_flow_activation_bytes(flow, pass, false) > 4e9;
         if (!cli_check_flow_memory("train", flow, pass, true, recompute)) {
             cf_flow_free(flow);
             EARLY(2);
@@ -356,8 +356,8 @@ static int train(int argc, char **argv, int rank, int size, bool *agreed)
     bool tty = lead && isatty(STDERR_FILENO);
     if (lead) {
         if (fcfg->levels > 0)
-            printf("training %s+%s L=%d K=%d width %lld", cli_conv_name(fcfg),
-                   cli_coupling_name(fcfg), fcfg->levels, fcfg->depth, (long long)fcfg->hidden);
+            printf("training %s+%s L=%d K=%d width %lld", cf_flow_config_conv(fcfg),
+                   cf_flow_config_coupling(fcfg), fcfg->levels, fcfg->depth, (long long)fcfg->hidden);
         else
             printf("training the %d-layer architecture of %s", cf_flow_layer_count(flow),
                    o.arch ? o.arch : o.resume);

@@ -13,12 +13,10 @@
 
 cf_status cf_flow_config_to_meta(const cf_flow_config *c, cf_ckpt_meta *meta)
 {
-    static const char *const convs[] = {"cinc", "1x1", "emerging"};
-    static const char *const couplings[] = {"quad", "affine"};
-    const char *conv = c->conv_name ? c->conv_name
-                       : (unsigned)c->conv < 3 ? convs[c->conv] : "cinc";
-    const char *coupling = c->coupling_name ? c->coupling_name
-                           : (unsigned)c->coupling < 2 ? couplings[c->coupling] : "quad";
+    const char *conv = cf_flow_config_conv(c), *coupling = cf_flow_config_coupling(c);
+    if (!conv || !coupling)
+        return cf_set_error(CF_ERR_ARG, "config: unknown coupling %d or convolution %d",
+                            (int)c->coupling, (int)c->conv);
     cf_status st = cf_ckpt_meta_set_string(meta, "model", "glow-multiscale");
     if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "height", c->height);
     if (st == CF_OK) st = cf_ckpt_meta_set_int(meta, "width", c->width);

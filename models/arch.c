@@ -94,10 +94,9 @@ cf_status cf_arch_add(cf_arch *a, const char *name, const char *kind, const cf_h
 
 /* ---- the built-in model ------------------------------------------------------------------ */
 
-static const cf_layer_kind *choose(const char *role, const char *name, int fallback,
-                                   const char *const *names, int n_names)
+static const cf_layer_kind *choose(const char *role, const char *name)
 {
-    if (!name) name = fallback >= 0 && fallback < n_names ? names[fallback] : "";
+    if (!name) name = "";
     const cf_layer_kind *k = cf_layer_kind_for_choice(role, name);
     if (!k) {
         char choices[256];
@@ -117,11 +116,8 @@ cf_arch *cf_arch_builtin(const cf_flow_config *c)
                      (long long)c->channels);
         return NULL;
     }
-    static const char *const convs[] = {"cinc", "1x1", "emerging"};
-    static const char *const couplings[] = {"quad", "affine"};
-    const cf_layer_kind *conv = choose("invconv", c->conv_name, (int)c->conv, convs, 3);
-    const cf_layer_kind *coupling =
-        conv ? choose("coupling", c->coupling_name, (int)c->coupling, couplings, 2) : NULL;
+    const cf_layer_kind *conv = choose("invconv", cf_flow_config_conv(c));
+    const cf_layer_kind *coupling = conv ? choose("coupling", cf_flow_config_coupling(c)) : NULL;
     if (!coupling) return NULL;
     cf_arch *a = cf_arch_new((int64_t[]){c->height, c->width, c->channels});
     if (!a) return NULL;

@@ -138,6 +138,15 @@ void cf_check_print(const cf_layer *layer, const cf_check_result *r, FILE *out);
  * stopped the checks (CF_ERR_DTYPE for a flow that is not f64, with cf_last_error()). */
 cf_status cf_flow_check(cf_flow *flow, const cf_check_opts *opts, FILE *report, int *n_failed);
 
+/* Checks a registered layer kind by name: builds one layer of it, named after the kind, in a
+ * parameter set of its own in f64 on images of `shape` (H, W, C) with hyperparameters hp (NULL:
+ * the kind's defaults), initialised from opts' seed, runs cf_layer_check on it, prints its line
+ * to report (may be NULL) and frees it. Returns as cf_layer_check, or the failure of building it
+ * (CF_ERR_NOT_FOUND: no such kind; CF_ERR_ARG, CF_ERR_SHAPE: hyperparameters or a shape the
+ * kind refuses), with cf_last_error() naming the kind; out is filled when the layer was built. */
+cf_status cf_layer_kind_check(const char *kind, const int64_t shape[3], const cf_hparams *hp,
+                              const cf_check_opts *opts, FILE *report, cf_check_result *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -115,6 +115,11 @@ typedef struct cf_flow cf_flow;
  * naming the level and the shape that cannot work (odd size at a squeeze, channels not
  * divisible by 4 for quad coupling, ...). */
 cf_flow *cf_flow_new(const cf_flow_config *cfg, cf_dtype dtype);
+/* The choice names of a config's invertible-convolution and coupling kinds: conv_name and
+ * coupling_name when set, else the enums' ("cinc", "1x1", "emerging"; "quad", "affine"); NULL
+ * for an enum value out of range. Borrowed (static or the config's). */
+const char *cf_flow_config_conv(const cf_flow_config *cfg);
+const char *cf_flow_config_coupling(const cf_flow_config *cfg);
 /* An empty flow on images of (H, W, C), for declaring your own architecture: add layers in
  * order with cf_flow_add, which takes ownership of the layer (and frees it on failure), checks
  * that it takes the previous layer's output shape, and accepts a failed constructor's NULL

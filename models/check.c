@@ -594,3 +594,19 @@ cf_status cf_flow_check(cf_flow *flow, const cf_check_opts *opts, FILE *report, 
                                  passed + failed)
                   : CF_OK;
 }
+
+cf_status cf_layer_kind_check(const char *kind, const int64_t shape[3], const cf_hparams *hp,
+                              const cf_check_opts *opts, FILE *report, cf_check_result *out)
+{
+    cf_params *ps = cf_params_new(CF_F64);
+    if (!ps) return cf_set_error(CF_ERR_NOMEM, "%s: out of memory", kind ? kind : "kind");
+    cf_rng rng;
+    cf_rng_seed(&rng, opts && opts->seed ? opts->seed : 1, 0x1a7e);
+    cf_layer *l = cf_layer_create(kind, ps, kind, shape, hp, &rng);
+    cf_status st = l ? cf_layer_check(l, opts, out) : cf_set_error(CF_ERR_ARG, "%s", cf_last_error());
+    if (!l && cf_layer_kind_find(kind) == NULL) st = CF_ERR_NOT_FOUND;
+    if (l && report) cf_check_print(l, out, report);
+    cf_layer_free(l);
+    cf_params_free(ps);
+    return st;
+}

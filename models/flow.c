@@ -110,6 +110,21 @@ static cf_flow_config with_defaults(const cf_flow_config *cfg)
     return c;
 }
 
+static const char *const conv_names[] = {"cinc", "1x1", "emerging"};
+static const char *const coupling_names[] = {"quad", "affine"};
+
+const char *cf_flow_config_conv(const cf_flow_config *c)
+{
+    return c->conv_name ? c->conv_name : (unsigned)c->conv < 3 ? conv_names[c->conv] : NULL;
+}
+
+const char *cf_flow_config_coupling(const cf_flow_config *c)
+{
+    return c->coupling_name            ? c->coupling_name
+           : (unsigned)c->coupling < 2 ? coupling_names[c->coupling]
+                                       : NULL;
+}
+
 cf_flow *cf_flow_new(const cf_flow_config *cfg_in, cf_dtype dtype)
 {
     cf_flow_config cfg = with_defaults(cfg_in);
@@ -131,16 +146,13 @@ cf_flow *cf_flow_new(const cf_flow_config *cfg_in, cf_dtype dtype)
     cf_arch_free(arch);
     if (!f) return NULL;
     /* The kinds' own (static) choice names, so the config holds no borrowed string. */
-    static const char *const convs[] = {"cinc", "1x1", "emerging"};
-    static const char *const couplings[] = {"quad", "affine"};
-    const char *conv = cfg.conv_name ? cfg.conv_name : convs[cfg.conv];
-    const char *coupling = cfg.coupling_name ? cfg.coupling_name : couplings[cfg.coupling];
-    cfg.conv_name = cf_layer_kind_for_choice("invconv", conv)->choice;
-    cfg.coupling_name = cf_layer_kind_for_choice("coupling", coupling)->choice;
+    cfg.conv_name = cf_layer_kind_for_choice("invconv", cf_flow_config_conv(&cfg))->choice;
+    cfg.coupling_name =
+        cf_layer_kind_for_choice("coupling", cf_flow_config_coupling(&cfg))->choice;
     for (int k = 0; k < 3; k++)
-        if (strcmp(cfg.conv_name, convs[k]) == 0) cfg.conv = (cf_invconv_kind)k;
+        if (strcmp(cfg.conv_name, conv_names[k]) == 0) cfg.conv = (cf_invconv_kind)k;
     for (int k = 0; k < 2; k++)
-        if (strcmp(cfg.coupling_name, couplings[k]) == 0) cfg.coupling = (cf_coupling_kind)k;
+        if (strcmp(cfg.coupling_name, coupling_names[k]) == 0) cfg.coupling = (cf_coupling_kind)k;
     f->cfg = cfg;
     return f;
 }

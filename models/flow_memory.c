@@ -15,8 +15,8 @@
 
 static bool is_affine(const cf_flow_config *c)
 {
-    return c->coupling_name ? strcmp(c->coupling_name, "affine") == 0
-                            : c->coupling == CF_COUPLING_KIND_AFFINE;
+    const char *name = cf_flow_config_coupling(c);
+    return name && strcmp(name, "affine") == 0;
 }
 
 double cf_flow_config_activation_bytes(const cf_flow_config *c, int64_t batch, bool recompute)

@@ -605,6 +605,25 @@ START_TEST(test_flow_load_unknown_kind)
 }
 END_TEST
 
+START_TEST(test_kind_check_by_name)
+{
+    register_scale();
+    cf_check_result res;
+    cf_hparams hp = {0};
+    cf_hparams_set_float(&hp, "init", 0.3);
+    ck_assert_int_eq(cf_layer_kind_check("test_scale", (int64_t[]){2, 2, 3}, &hp, NULL, NULL, &res),
+                     CF_OK);
+    ck_assert(res.passed);
+    ck_assert_int_eq(res.tensors_checked, 2); /* the input and logs */
+    expect_error(cf_layer_kind_check("nope", (int64_t[]){2, 2, 3}, NULL, NULL, NULL, &res) ==
+                     CF_ERR_NOT_FOUND,
+                 "no layer kind named 'nope'");
+    expect_error(cf_layer_kind_check("quad_coupling", (int64_t[]){4, 4, 2}, NULL, NULL, NULL,
+                                     &res) != CF_OK,
+                 "a channel count divisible by 4");
+}
+END_TEST
+
 static Suite *arch_suite(void)
 {
     Suite *s = suite_create("arch");
@@ -612,6 +631,7 @@ static Suite *arch_suite(void)
     tcase_add_test(reg, test_builtin_kinds_registered);
     tcase_add_test(reg, test_user_kind_registers_and_builds);
     tcase_add_test(reg, test_hparams_checked);
+    tcase_add_test(reg, test_kind_check_by_name);
     suite_add_tcase(s, reg);
     TCase *arch = tcase_create("arch");
     tcase_set_timeout(arch, 120);

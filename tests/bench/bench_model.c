@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "bench_impl.h"
-#include "cli.h"
+#include "cincflow.h"
 
 typedef struct model_case {
     const char *name;
@@ -97,7 +97,7 @@ static int run_train(const bench_opts *o, const model_case *c)
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
     const int64_t micro = c->micro < 0 ? CF_FLOW_MICRO_PER_THREAD * o->threads : c->micro;
     const int64_t pass = micro && micro < c->batch ? micro : c->batch;
-    double need = cli_activation_bytes(&c->cfg, pass, false);
+    double need = cf_flow_config_activation_bytes(&c->cfg, pass, false);
     double have = (double)pages * (double)page;
     bool recompute = c->recompute >= 1 || (c->recompute < 0 && need > 0.5 * have);
     cf_flow *flow = cf_flow_new(&c->cfg, CF_F32);

@@ -109,7 +109,7 @@ int cf_fuzz_cli(const uint8_t *data, size_t size)
         CF_FUZZ_CHECK(!v.data || (v.data[0] && in_argv(v.data, argv, argc)),
                       "--data is not an argument");
         cf_flow_config cfg = cli_model_config(&v.model);
-        double bytes = cli_activation_bytes(&cfg, v.batch, false);
+        double bytes = cf_flow_config_activation_bytes(&cfg, v.batch, false);
         CF_FUZZ_CHECK(isfinite(bytes) && bytes >= 0, "activation estimate %g", bytes);
     }
     free(text);
